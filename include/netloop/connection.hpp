@@ -1,0 +1,94 @@
+// SPDX-License-Identifier: MIT
+// connection: one TCP stream, read and written by coroutines with per-call timeouts.
+#pragma once
+
+#include <cstddef>
+#include <memory>
+#include <span>
+#include <string_view>
+#include <vector>
+
+#include <netloop/address.hpp>
+#include <netloop/loop.hpp>
+#include <netloop/task.hpp>
+
+namespace netloop {
+
+namespace detail {
+struct connection_impl;
+}
+
+/// One TCP connection: an accepted peer or a connected client.
+///
+/// One `read()` and one `write()` may be pending at the same time (full duplex, e.g. from two
+/// tasks); two reads or two writes at once are not allowed. Cancelling the task that awaits a
+/// read or a write cancels that operation in the kernel-facing layer and throws `error` with
+/// `errc::cancelled`; the connection stays usable. The destructor closes the socket.
+/// Thread safety: the loop's thread only.
+class connection {
+public:
+    /// Wraps the state netloop made for an accepted or connected socket (used by `server` and
+    /// `connect`).
+    explicit connection(std::shared_ptr<detail::connection_impl> impl) noexcept;
+    connection(connection&&) noexcept;
+    connection& operator=(connection&&) noexcept;
+    ~connection();
+
+    /// Reads at least one byte into `buf` and returns how many were read.
+    ///
+    /// Throws `error` with `errc::connection_closed` on orderly EOF (at once, even while a
+    /// timeout is pending), `errc::connection_reset` if the peer reset, `errc::timeout` if
+    /// nothing arrived within `timeout`; after a timeout the connection stays usable.
+    /// Does not allocate.
+    [[nodiscard]] task<std::size_t> read(std::span<std::byte> buf, duration timeout);
+
+    /// Waits until bytes are ready, then returns up to `max_bytes` of them in a new buffer.
+    ///
+    /// The buffer exists only once data is there, so an idle connection costs no buffer.
+    /// Throws as `read(span, timeout)`.
+    [[nodiscard]] task<std::vector<std::byte>> read(std::size_t max_bytes, duration timeout);
+
+    /// Writes all of `bytes`, or throws.
+    ///
+    /// Throws `error` with `errc::timeout` if not all were written within `timeout`, with
+    /// `bytes_written()` saying how many were; the connection stays usable and the caller may
+    /// resume from there. `errc::connection_reset` if the peer is gone. Never raises SIGPIPE.
+    [[nodiscard]] task<> write(std::span<const std::byte> bytes, duration timeout);
+
+    /// Writes all of `text`; see `write(span, timeout)`.
+    [[nodiscard]] task<> write(std::string_view text, duration timeout);
+
+    /// Shuts down the sending side (the peer reads EOF); reading goes on. Harmless if closed.
+    void shutdown_write() noexcept;
+
+    /// Closes the socket; pending operations end with `errc::connection_closed`. Idempotent.
+    void close() noexcept;
+
+    /// False once `close()` was called.
+    [[nodiscard]] bool is_open() const noexcept;
+
+    /// The peer's address.
+    [[nodiscard]] const address& remote_address() const noexcept;
+
+    /// The local end's address.
+    [[nodiscard]] const address& local_address() const noexcept;
+
+    /// The socket, for options netloop does not wrap. Do not start I/O on it behind netloop.
+    [[nodiscard]] asio::ip::tcp::socket& socket() noexcept;
+
+    /// The loop this connection lives on.
+    [[nodiscard]] netloop::loop& owner() const noexcept;
+
+private:
+    std::shared_ptr<detail::connection_impl> impl_;
+};
+
+/// Connects to `to` and returns the connection.
+///
+/// Throws `error` with `errc::connect_failed` (with errno, e.g. ECONNREFUSED) if the connect
+/// fails, `errc::timeout` if it does not complete within `timeout`, `errc::cancelled` if the
+/// awaiting task is cancelled.
+[[nodiscard]] task<connection> connect(const address& to, duration timeout,
+                                       loop& l = loop::shared());
+
+}  // namespace netloop

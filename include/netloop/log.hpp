@@ -1,0 +1,23 @@
+// SPDX-License-Identifier: MIT
+// set_logger: where netloop's log lines go (nowhere unless the user says so).
+#pragma once
+
+#include <memory>
+
+namespace spdlog {
+class logger;
+}
+
+namespace netloop {
+
+/// Sends netloop's log lines to `logger`; `nullptr` turns logging off again (the default).
+///
+/// With a logger: connections opened and closed at debug, accept back-off and I/O errors at
+/// warn, exceptions that escape a spawned task or a handler at error. Without one, the library
+/// prints nothing. Thread safety: safe from any thread.
+void set_logger(std::shared_ptr<spdlog::logger> logger);
+
+/// The logger set by `set_logger`, or `nullptr`.
+[[nodiscard]] std::shared_ptr<spdlog::logger> logger() noexcept;
+
+}  // namespace netloop

@@ -1,0 +1,228 @@
+// SPDX-License-Identifier: MIT
+// connection: reads and writes with per-call deadlines, connect().
+#include <netloop/connection.hpp>
+
+#include <algorithm>
+#include <cerrno>
+
+#include <asio/write.hpp>
+
+#include "connection_impl.hpp"
+#include "logging.hpp"
+
+namespace netloop {
+namespace detail {
+namespace {
+
+address endpoint_or_empty(const asio::ip::tcp::socket& s, bool remote) {
+    asio::error_code ec;
+    auto ep = remote ? s.remote_endpoint(ec) : s.local_endpoint(ec);
+    return ec ? address() : address(ep);
+}
+
+}  // namespace
+
+connection_impl::connection_impl(loop& l, asio::ip::tcp::socket s,
+                                 std::shared_ptr<server_counters> c)
+    : owner(l),
+      socket(std::move(s)),
+      remote(endpoint_or_empty(socket, true)),
+      local(endpoint_or_empty(socket, false)),
+      reader(l.context()),
+      writer(l.context()),
+      counters(std::move(c)) {
+    asio::error_code ignored;
+    // Non-blocking, so the synchronous read_some after a readiness wait never blocks the loop.
+    socket.non_blocking(true, ignored);
+    if (counters) counters->opened();
+}
+
+void connection_impl::begin(deadline& d, duration timeout) {
+    d.pending = true;
+    d.expired = false;
+    auto now = std::chrono::steady_clock::now();
+    if (timeout == no_timeout || timeout > std::chrono::steady_clock::time_point::max() - now) {
+        d.at = std::chrono::steady_clock::time_point::max();
+        return;  // an armed timer finds `at` in the future and re-arms for it: never fires
+    }
+    d.at = now + std::max(timeout, duration::zero());
+    arm(d);
+}
+
+void connection_impl::arm(deadline& d) {
+    if (!d.armed) {
+        d.armed = true;
+        d.timer.expires_at(d.at);
+        d.timer.async_wait(
+            [self = shared_from_this(), &d](const asio::error_code&) { self->on_timer(d); });
+    } else if (d.timer.expiry() > d.at) {
+        // Cancels the outstanding wait; its handler sees `at` is still ahead and re-arms.
+        d.timer.expires_at(d.at);
+    }
+}
+
+void connection_impl::on_timer(deadline& d) {
+    d.armed = false;
+    if (closed || !d.pending) return;
+    if (std::chrono::steady_clock::now() >= d.at) {
+        d.expired = true;
+        d.signal.emit(asio::cancellation_type::terminal);
+    } else if (d.at != std::chrono::steady_clock::time_point::max()) {
+        arm(d);
+    }
+}
+
+void connection_impl::close() noexcept {
+    if (closed) return;
+    closed = true;
+    if (counters) counters->closed();
+    asio::error_code ignored;
+    reader.timer.cancel();
+    writer.timer.cancel();
+    socket.shutdown(asio::ip::tcp::socket::shutdown_both, ignored);
+    socket.close(ignored);
+}
+
+std::string connection_impl::describe(const char* operation) const {
+    return std::string(operation) + " " + remote.to_string();
+}
+
+error connection_impl::failure(const char* operation, const asio::error_code& ec,
+                               const deadline& d, std::size_t bytes_written) const {
+    bool reading = operation[0] == 'r';
+    if (ec == asio::error::eof) {
+        return error(errc::connection_closed, describe(operation) + " (peer closed)", 0,
+                     bytes_written);
+    }
+    if (ec == asio::error::operation_aborted || ec == asio::error::bad_descriptor) {
+        if (closed) return error(errc::connection_closed, describe(operation), 0, bytes_written);
+        if (d.expired) return error(errc::timeout, describe(operation), 0, bytes_written);
+        return error(errc::cancelled, describe(operation), 0, bytes_written);
+    }
+    if (ec == asio::error::connection_reset || ec == asio::error::broken_pipe) {
+        return error(errc::connection_reset, describe(operation), ec.value(), bytes_written);
+    }
+    return error(reading ? errc::read_failed : errc::write_failed, describe(operation),
+                 ec.value(), bytes_written);
+}
+
+}  // namespace detail
+
+connection::connection(std::shared_ptr<detail::connection_impl> impl) noexcept
+    : impl_(std::move(impl)) {}
+
+connection::connection(connection&&) noexcept = default;
+
+connection& connection::operator=(connection&& other) noexcept {
+    if (this != &other) {
+        close();
+        impl_ = std::move(other.impl_);
+    }
+    return *this;
+}
+
+connection::~connection() { close(); }
+
+task<std::size_t> connection::read(std::span<std::byte> buf, duration timeout) {
+    auto& c = *impl_;
+    if (c.closed) throw error(errc::connection_closed, c.describe("read"));
+    if (buf.empty()) throw error(errc::invalid_argument, c.describe("read") + " (empty buffer)");
+    auto state = co_await asio::this_coro::cancellation_state;
+    detail::operation_scope scope(c, c.reader, timeout, state.slot());
+    auto [ec, n] = co_await c.socket.async_read_some(
+        asio::buffer(buf.data(), buf.size()),
+        asio::bind_cancellation_slot(c.reader.signal.slot(), detail::use_tuple));
+    if (ec) throw c.failure("read", ec, c.reader);
+    c.count_read(n);
+    co_return n;
+}
+
+task<std::vector<std::byte>> connection::read(std::size_t max_bytes, duration timeout) {
+    auto& c = *impl_;
+    if (c.closed) throw error(errc::connection_closed, c.describe("read"));
+    if (max_bytes == 0) throw error(errc::invalid_argument, c.describe("read") + " (max_bytes 0)");
+    auto state = co_await asio::this_coro::cancellation_state;
+    detail::operation_scope scope(c, c.reader, timeout, state.slot());
+    for (;;) {
+        auto [ec] = co_await c.socket.async_wait(
+            asio::socket_base::wait_read,
+            asio::bind_cancellation_slot(c.reader.signal.slot(), detail::use_tuple));
+        if (ec) throw c.failure("read", ec, c.reader);
+        asio::error_code avail_ec;
+        std::size_t ready = c.socket.available(avail_ec);
+        std::vector<std::byte> out(std::clamp<std::size_t>(ready, 1, max_bytes));
+        asio::error_code read_ec;
+        std::size_t n = c.socket.read_some(asio::buffer(out.data(), out.size()), read_ec);
+        if (read_ec == asio::error::would_block || read_ec == asio::error::try_again) continue;
+        if (read_ec) throw c.failure("read", read_ec, c.reader);
+        out.resize(n);
+        c.count_read(n);
+        co_return out;
+    }
+}
+
+task<> connection::write(std::span<const std::byte> bytes, duration timeout) {
+    auto& c = *impl_;
+    if (c.closed) throw error(errc::connection_closed, c.describe("write"));
+    if (bytes.empty()) co_return;
+    auto state = co_await asio::this_coro::cancellation_state;
+    detail::operation_scope scope(c, c.writer, timeout, state.slot());
+    auto [ec, n] = co_await asio::async_write(
+        c.socket, asio::buffer(bytes.data(), bytes.size()),
+        asio::bind_cancellation_slot(c.writer.signal.slot(), detail::use_tuple));
+    c.count_written(n);
+    if (ec) throw c.failure("write", ec, c.writer, n);
+}
+
+task<> connection::write(std::string_view text, duration timeout) {
+    return write(std::as_bytes(std::span(text.data(), text.size())), timeout);
+}
+
+void connection::shutdown_write() noexcept {
+    if (!impl_ || impl_->closed) return;
+    asio::error_code ignored;
+    impl_->socket.shutdown(asio::ip::tcp::socket::shutdown_send, ignored);
+}
+
+void connection::close() noexcept {
+    if (impl_) impl_->close();
+}
+
+bool connection::is_open() const noexcept { return impl_ && !impl_->closed; }
+
+const address& connection::remote_address() const noexcept { return impl_->remote; }
+
+const address& connection::local_address() const noexcept { return impl_->local; }
+
+asio::ip::tcp::socket& connection::socket() noexcept { return impl_->socket; }
+
+loop& connection::owner() const noexcept { return impl_->owner; }
+
+task<connection> connect(const address& to, duration timeout, loop& l) {
+    asio::ip::tcp::socket socket(l.context());
+    asio::error_code ec;
+    socket.open(to.endpoint().protocol(), ec);
+    if (ec) throw error(errc::socket_creation_failed, "connect " + to.to_string(), ec.value());
+    auto impl = std::make_shared<detail::connection_impl>(l, std::move(socket));
+    connection conn(impl);  // closes the socket (and its timer) if the connect fails
+    auto state = co_await asio::this_coro::cancellation_state;
+    {
+        detail::operation_scope scope(*impl, impl->writer, timeout, state.slot());
+        auto [connect_ec] = co_await impl->socket.async_connect(
+            to.endpoint(),
+            asio::bind_cancellation_slot(impl->writer.signal.slot(), detail::use_tuple));
+        if (connect_ec == asio::error::operation_aborted) {
+            throw error(impl->writer.expired ? errc::timeout : errc::cancelled,
+                        "connect " + to.to_string());
+        }
+        if (connect_ec) {
+            throw error(errc::connect_failed, "connect " + to.to_string(), connect_ec.value());
+        }
+    }
+    impl->remote = address(impl->socket.remote_endpoint(ec));
+    impl->local = address(impl->socket.local_endpoint(ec));
+    detail::log(spdlog::level::debug, "connected to {}", impl->remote.to_string());
+    co_return std::move(conn);
+}
+
+}  // namespace netloop

@@ -1,0 +1,122 @@
+// SPDX-License-Identifier: MIT
+// The state behind a connection: socket, per-direction deadlines, traffic counters.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include <netloop/address.hpp>
+#include <netloop/error.hpp>
+#include <netloop/loop.hpp>
+#include <netloop/task.hpp>
+
+namespace netloop::detail {
+
+// What one server has done. One writer (the loop thread), readers on any thread: relaxed
+// load+store, no locked instruction on the hot path.
+struct server_counters {
+    using counter = std::atomic<std::uint64_t>;
+    counter accepted{0};
+    counter rejected{0};
+    counter active{0};
+    counter peak_active{0};
+    counter bytes_read{0};
+    counter bytes_written{0};
+    counter accept_errors{0};
+
+    static std::uint64_t get(const counter& c) noexcept {
+        return c.load(std::memory_order_relaxed);
+    }
+    static void set(counter& c, std::uint64_t v) noexcept {
+        c.store(v, std::memory_order_relaxed);
+    }
+    static void add(counter& c, std::uint64_t n) noexcept { set(c, get(c) + n); }
+
+    void opened() noexcept {
+        add(active, 1);
+        if (get(active) > get(peak_active)) set(peak_active, get(active));
+    }
+    void closed() noexcept { set(active, get(active) - 1); }
+};
+
+// The deadline of one direction (read or write). The timer is armed lazily: an operation that
+// finishes before the deadline leaves it running, the next operation only moves `at`, and the
+// timer re-arms itself when it fires early. A busy connection thus touches its timer about once
+// per timeout period, not once per call.
+struct deadline {
+    explicit deadline(asio::io_context& context) : timer(context) {}
+
+    asio::steady_timer timer;
+    asio::cancellation_signal signal;  // cancels the pending operation of this direction
+    std::chrono::steady_clock::time_point at{};
+    bool pending = false;  // an operation of this direction is in flight
+    bool armed = false;    // a wait on `timer` is outstanding
+    bool expired = false;  // the pending operation was cancelled by the deadline
+};
+
+struct connection_impl : std::enable_shared_from_this<connection_impl> {
+    connection_impl(loop& l, asio::ip::tcp::socket s,
+                    std::shared_ptr<server_counters> c = nullptr);
+
+    loop& owner;
+    asio::ip::tcp::socket socket;
+    address remote;
+    address local;
+    deadline reader;
+    deadline writer;
+    std::shared_ptr<server_counters> counters;
+    bool closed = false;
+
+    // Starts the clock of `d` for an operation that may take `timeout`.
+    void begin(deadline& d, duration timeout);
+    void end(deadline& d) noexcept { d.pending = false; }
+    void close() noexcept;
+
+    // The error for a failed operation: `operation` is "read" or "write".
+    [[nodiscard]] error failure(const char* operation, const asio::error_code& ec,
+                                const deadline& d, std::size_t bytes_written = 0) const;
+    [[nodiscard]] std::string describe(const char* operation) const;
+
+    void count_read(std::size_t n) noexcept {
+        if (counters) server_counters::add(counters->bytes_read, n);
+    }
+    void count_written(std::size_t n) noexcept {
+        if (counters) server_counters::add(counters->bytes_written, n);
+    }
+
+private:
+    void arm(deadline& d);
+    void on_timer(deadline& d);
+};
+
+// While an operation of one direction is in flight: its deadline runs, and cancelling the
+// awaiting coroutine (its cancellation slot) cancels that operation through the direction's own
+// signal, which the timer uses too.
+class operation_scope {
+public:
+    operation_scope(connection_impl& c, deadline& d, duration timeout, asio::cancellation_slot outer)
+        : connection_(c), deadline_(d), outer_(outer) {
+        c.begin(d, timeout);
+        if (outer_.is_connected()) {
+            outer_.assign([&signal = d.signal](asio::cancellation_type type) {
+                signal.emit(type);
+            });
+        }
+    }
+    ~operation_scope() {
+        if (outer_.is_connected()) outer_.clear();
+        connection_.end(deadline_);
+    }
+    operation_scope(const operation_scope&) = delete;
+    operation_scope& operator=(const operation_scope&) = delete;
+
+private:
+    connection_impl& connection_;
+    deadline& deadline_;
+    asio::cancellation_slot outer_;
+};
+
+}  // namespace netloop::detail

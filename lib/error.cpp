@@ -1,0 +1,80 @@
+// SPDX-License-Identifier: MIT
+// The "netloop" error category and netloop::error.
+#include <netloop/error.hpp>
+
+#include <cstring>
+
+namespace netloop {
+namespace {
+
+class category_impl final : public std::error_category {
+public:
+    const char* name() const noexcept override { return "netloop"; }
+
+    std::string message(int value) const override {
+        switch (static_cast<errc>(value)) {
+            case errc::socket_creation_failed:
+                return "socket creation failed";
+            case errc::bind_failed:
+                return "bind failed";
+            case errc::listen_failed:
+                return "listen failed";
+            case errc::accept_failed:
+                return "accept failed";
+            case errc::connect_failed:
+                return "connect failed";
+            case errc::connection_closed:
+                return "connection closed";
+            case errc::connection_reset:
+                return "connection reset by peer";
+            case errc::timeout:
+                return "timed out";
+            case errc::message_too_large:
+                return "message too large";
+            case errc::invalid_address:
+                return "invalid address";
+            case errc::cancelled:
+                return "cancelled";
+            case errc::read_failed:
+                return "read failed";
+            case errc::write_failed:
+                return "write failed";
+            case errc::signal_failed:
+                return "signal handling failed";
+            case errc::invalid_argument:
+                return "invalid argument";
+            case errc::protocol_error:
+                return "protocol error";
+        }
+        return "unknown netloop error";
+    }
+};
+
+std::string describe(errc kind, const std::string& operation, int sys_errno) {
+    std::string reason = sys_errno != 0 ? std::strerror(sys_errno) : make_error_code(kind).message();
+    return operation.empty() ? reason : operation + ": " + reason;
+}
+
+}  // namespace
+
+const std::error_category& error_category() noexcept {
+    static const category_impl instance;
+    return instance;
+}
+
+std::error_code make_error_code(errc e) noexcept {
+    return {static_cast<int>(e), error_category()};
+}
+
+error::error(errc kind, const std::string& operation, int sys_errno, std::size_t bytes_written)
+    : std::system_error(make_error_code(kind)),
+      kind_(kind),
+      sys_errno_(sys_errno),
+      bytes_written_(bytes_written),
+      message_(describe(kind, operation, sys_errno)) {}
+
+std::error_code error::sys_code() const noexcept {
+    return sys_errno_ != 0 ? std::error_code(sys_errno_, std::system_category()) : std::error_code();
+}
+
+}  // namespace netloop

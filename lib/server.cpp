@@ -1,0 +1,188 @@
+// SPDX-License-Identifier: MIT
+// server: listening, the accept loop behind connections(), close() from any thread, announce().
+#include <netloop/server.hpp>
+
+#include <cerrno>
+#include <cstdio>
+
+#include <asio/ip/v6_only.hpp>
+#include <asio/post.hpp>
+
+#include <netloop/error.hpp>
+
+#include "logging.hpp"
+#include "server_state.hpp"
+
+namespace netloop {
+namespace detail {
+namespace {
+
+// Errors that concern one connection attempt only: skip it and accept the next one.
+bool skip_connection(const asio::error_code& ec) {
+    switch (ec.value()) {
+        case ECONNABORTED:
+        case EPROTO:
+        case EPERM:  // a firewall rule refused this peer
+        case EINTR:
+        case EAGAIN:
+        case ENETDOWN:
+        case ENETUNREACH:
+        case EHOSTDOWN:
+        case EHOSTUNREACH:
+        case ENONET:
+        case ENOPROTOOPT:
+        case EOPNOTSUPP:
+            return ec.category() == asio::system_category();
+        default:
+            return false;
+    }
+}
+
+// Errors of resource exhaustion: accepting again at once would spin, so back off.
+bool back_off(const asio::error_code& ec) {
+    return ec.category() == asio::system_category() &&
+           (ec.value() == EMFILE || ec.value() == ENFILE || ec.value() == ENOBUFS ||
+            ec.value() == ENOMEM);
+}
+
+constexpr std::chrono::milliseconds first_backoff{5};
+constexpr std::chrono::milliseconds max_backoff{1000};
+
+std::shared_ptr<server_state> open_listener(const address& at, int backlog, bool dual_stack,
+                                            loop& l) {
+    if (backlog < 0) {
+        throw error(errc::invalid_argument, "listen " + at.to_string() + " (negative backlog)");
+    }
+    asio::ip::tcp::acceptor acceptor(l.context());
+    asio::error_code ec;
+    acceptor.open(at.endpoint().protocol(), ec);
+    if (ec) throw error(errc::socket_creation_failed, "socket " + at.to_string(), ec.value());
+    if (at.is_v6()) acceptor.set_option(asio::ip::v6_only(!dual_stack), ec);
+    acceptor.set_option(asio::socket_base::reuse_address(true), ec);
+    acceptor.non_blocking(true, ec);
+    acceptor.bind(at.endpoint(), ec);
+    if (ec) throw error(errc::bind_failed, "bind " + at.to_string(), ec.value());
+    acceptor.listen(backlog, ec);
+    if (ec) throw error(errc::listen_failed, "listen " + at.to_string(), ec.value());
+    return std::make_shared<server_state>(l, std::move(acceptor));
+}
+
+}  // namespace
+
+server_state::server_state(loop& l, asio::ip::tcp::acceptor a)
+    : owner(l), acceptor(std::move(a)) {
+    asio::error_code ec;
+    local = address(acceptor.local_endpoint(ec));
+}
+
+void server_state::close() noexcept {
+    if (closed.exchange(true)) return;
+    if (owner.executor().running_in_this_thread()) {
+        close_here();
+    } else {
+        try {
+            asio::post(owner.context(), [self = shared_from_this()] { self->close_here(); });
+        } catch (...) {
+            // post() only fails when allocation fails; the acceptor then closes with the server.
+        }
+    }
+}
+
+void server_state::close_here() noexcept {
+    asio::error_code ignored;
+    acceptor.close(ignored);
+    for (auto* timer : backoff_waits) timer->cancel();
+    log(spdlog::level::debug, "server {} closed", local.to_string());
+}
+
+}  // namespace detail
+
+connection_stream::connection_stream(std::shared_ptr<detail::server_state> state) noexcept
+    : state_(std::move(state)) {}
+
+task<std::optional<connection>> connection_stream::next() {
+    auto state = state_;  // the frame keeps the server state alive
+    auto& s = *state;
+    for (;;) {
+        if (s.closed) co_return std::nullopt;
+        auto [ec, socket] = co_await s.acceptor.async_accept(detail::use_tuple);
+        if (!ec) {
+            if (s.backoff.count() != 0) {
+                detail::log(spdlog::level::warn, "accept on {} recovered", s.local.to_string());
+                s.backoff = std::chrono::milliseconds{0};
+            }
+            detail::server_counters::add(s.counters->accepted, 1);
+            auto impl = std::make_shared<detail::connection_impl>(s.owner, std::move(socket),
+                                                                  s.counters);
+            detail::log(spdlog::level::debug, "accepted {}", impl->remote.to_string());
+            co_return connection(std::move(impl));
+        }
+        // Closed (acceptor closed under us) or the awaiting task cancelled: the stream ends.
+        if (s.closed || ec == asio::error::operation_aborted) co_return std::nullopt;
+        detail::server_counters::add(s.counters->accept_errors, 1);
+        if (detail::skip_connection(ec)) continue;
+        if (!detail::back_off(ec)) {
+            throw error(errc::accept_failed, "accept " + s.local.to_string(), ec.value());
+        }
+        if (s.backoff.count() == 0) {
+            detail::log(spdlog::level::warn, "accept on {}: {}; backing off", s.local.to_string(),
+                        ec.message());
+            s.backoff = detail::first_backoff;
+        } else {
+            s.backoff = std::min(s.backoff * 2, detail::max_backoff);
+        }
+        asio::steady_timer timer(s.owner.context(), s.backoff);
+        auto it = s.backoff_waits.insert(s.backoff_waits.end(), &timer);
+        auto [wait_ec] = co_await timer.async_wait(detail::use_tuple);
+        s.backoff_waits.erase(it);
+        if (wait_ec && !s.closed) co_return std::nullopt;  // cancelled
+    }
+}
+
+server::server(std::shared_ptr<detail::server_state> state) noexcept : state_(std::move(state)) {}
+
+server::server(server&&) noexcept = default;
+
+server& server::operator=(server&& other) noexcept {
+    if (this != &other) {
+        close();
+        state_ = std::move(other.state_);
+    }
+    return *this;
+}
+
+server::~server() { close(); }
+
+server server::listen(std::uint16_t port, int backlog, loop& l) {
+    try {
+        return server(detail::open_listener(address::ipv6("::", port), backlog, true, l));
+    } catch (const error& e) {
+        if (e.kind() != errc::socket_creation_failed || e.sys_errno() != EAFNOSUPPORT) throw;
+    }
+    return server(detail::open_listener(address::ipv4("0.0.0.0", port), backlog, false, l));
+}
+
+server server::listen(const address& at, int backlog, loop& l) {
+    return server(detail::open_listener(at, backlog, false, l));
+}
+
+std::uint16_t server::local_port() const noexcept { return state_->local.port(); }
+
+const address& server::local_address() const noexcept { return state_->local; }
+
+connection_stream server::connections() const { return connection_stream(state_); }
+
+void server::close() noexcept {
+    if (state_) state_->close();
+}
+
+bool server::is_open() const noexcept { return state_ && !state_->closed; }
+
+loop& server::owner() const noexcept { return state_->owner; }
+
+void announce(const server& s) {
+    std::printf("listening on %s\n", s.local_address().to_string().c_str());
+    std::fflush(stdout);
+}
+
+}  // namespace netloop

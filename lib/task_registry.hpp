@@ -1,0 +1,68 @@
+// SPDX-License-Identifier: MIT
+// task_registry: the tasks spawned on a loop, each with its own cancellation signal.
+#pragma once
+
+#include <cstddef>
+#include <memory>
+
+#include <asio/cancellation_signal.hpp>
+
+namespace netloop::detail {
+
+class task_registry {
+public:
+    struct entry {
+        asio::cancellation_signal signal;
+        entry* prev = nullptr;
+        entry* next = nullptr;
+    };
+
+    task_registry() = default;
+    task_registry(const task_registry&) = delete;
+    task_registry& operator=(const task_registry&) = delete;
+    ~task_registry() {
+        while (head_ != nullptr) release(head_);
+    }
+
+    entry* add() {
+        auto* e = new entry;
+        e->next = head_;
+        if (head_ != nullptr) head_->prev = e;
+        head_ = e;
+        ++size_;
+        return e;
+    }
+
+    // Unlinks `e` (it no longer counts) but keeps it alive.
+    void remove(entry* e) noexcept {
+        if (e->prev == nullptr && head_ != e) return;  // already removed
+        if (e->prev != nullptr) e->prev->next = e->next;
+        if (e->next != nullptr) e->next->prev = e->prev;
+        if (head_ == e) head_ = e->next;
+        e->prev = e->next = nullptr;
+        --size_;
+    }
+
+    // Unlinks `e` if needed and hands over its ownership.
+    std::unique_ptr<entry> release(entry* e) noexcept {
+        remove(e);
+        return std::unique_ptr<entry>(e);
+    }
+
+    void cancel_all() noexcept {
+        // Emitting can complete a task inline, which unlinks its entry: walk a snapshot of next.
+        for (entry* e = head_; e != nullptr;) {
+            entry* following = e->next;
+            e->signal.emit(asio::cancellation_type::terminal);
+            e = following;
+        }
+    }
+
+    [[nodiscard]] std::size_t size() const noexcept { return size_; }
+
+private:
+    entry* head_ = nullptr;
+    std::size_t size_ = 0;
+};
+
+}  // namespace netloop::detail
