@@ -79,7 +79,6 @@ void connection_impl::close() noexcept {
     asio::error_code ignored;
     reader.timer.cancel();
     writer.timer.cancel();
-    socket.shutdown(asio::ip::tcp::socket::shutdown_both, ignored);
     socket.close(ignored);
 }
 

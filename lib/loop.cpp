@@ -4,11 +4,13 @@
 
 #include <csignal>
 #include <exception>
-#include <list>
+#include <memory>
 #include <optional>
 
 #include <asio/post.hpp>
 #include <asio/signal_set.hpp>
+
+#include <netloop/error.hpp>
 
 #include "logging.hpp"
 #include "task_registry.hpp"
@@ -53,45 +55,56 @@ void spawn(task<> t, loop& l) {
 
 namespace detail {
 
+// Shared with the handlers, so a loop stopped before the task ends leaves nothing dangling.
+struct run_state {
+    explicit run_state(asio::io_context& context) : signals(context) {}
+    asio::cancellation_signal cancel;
+    asio::signal_set signals;
+    std::exception_ptr failure;
+    bool finished = false;
+};
+
+void watch_signals(const std::shared_ptr<run_state>& state) {
+    state->signals.async_wait([state](const asio::error_code& ec, int signo) {
+        if (ec || state->finished) return;
+        log(spdlog::level::info, "signal {}: cancelling", signo);
+        // Every signal is passed on: the first ends a pending next(), a second one reaches a
+        // draining serve() as "force now".
+        state->cancel.emit(asio::cancellation_type::terminal);
+        watch_signals(state);
+    });
+}
+
 void run_task(loop& l, task<> t, const run_options& options) {
     auto& context = l.context();
     context.restart();
-
-    asio::cancellation_signal cancel;
-    std::exception_ptr failure;
-    bool finished = false;
-    std::optional<asio::signal_set> signals;
-
-    // Every SIGINT/SIGTERM is passed on as a cancellation: the first ends a pending next(), a
-    // second one reaches a draining serve() as "force now".
-    std::function<void(const asio::error_code&, int)> on_signal;
+    auto state = std::make_shared<run_state>(context);
     if (options.cancel_on_signal) {
-        signals.emplace(context, SIGINT, SIGTERM);
-        on_signal = [&](const asio::error_code& ec, int signo) {
-            if (ec || finished) return;
-            log(spdlog::level::info, "signal {}: cancelling", signo);
-            cancel.emit(asio::cancellation_type::terminal);
-            signals->async_wait(on_signal);
-        };
-        signals->async_wait(on_signal);
+        state->signals.add(SIGINT);
+        state->signals.add(SIGTERM);
+        watch_signals(state);
     }
-
     asio::co_spawn(context, std::move(t),
-                   asio::bind_cancellation_slot(cancel.slot(), [&](std::exception_ptr e) {
-                       finished = true;
-                       failure = e;
-                       if (signals) {
-                           asio::error_code ignored;
-                           signals->cancel(ignored);
-                       }
-                       l.cancel_spawned();
-                   }));
+                   asio::bind_cancellation_slot(state->cancel.slot(),
+                                                [state, &l](std::exception_ptr e) {
+                                                    state->finished = true;
+                                                    state->failure = e;
+                                                    asio::error_code ignored;
+                                                    state->signals.clear(ignored);
+                                                    state->signals.cancel(ignored);
+                                                    l.cancel_spawned();
+                                                }));
     context.run();
-    // run() returned: every spawned task has ended (they were cancelled above), and nothing
-    // else was left to do.
-    signals.reset();
+    // run() returned by itself once every spawned task had ended (they were cancelled above),
+    // or because loop::stop() was called before the task finished.
     context.restart();
-    if (failure) std::rethrow_exception(failure);
+    if (!state->finished) {
+        asio::error_code ignored;
+        state->signals.clear(ignored);
+        state->signals.cancel(ignored);
+        throw error(errc::cancelled, "run: the loop was stopped before the task ended");
+    }
+    if (state->failure) std::rethrow_exception(state->failure);
 }
 
 }  // namespace detail

@@ -178,6 +178,18 @@ void server::close() noexcept {
 
 bool server::is_open() const noexcept { return state_ && !state_->closed; }
 
+server_stats server::stats() const noexcept {
+    const auto& c = *state_->counters;
+    using detail::server_counters;
+    return {.accepted = server_counters::get(c.accepted),
+            .rejected = server_counters::get(c.rejected),
+            .active = server_counters::get(c.active),
+            .peak_active = server_counters::get(c.peak_active),
+            .bytes_read = server_counters::get(c.bytes_read),
+            .bytes_written = server_counters::get(c.bytes_written),
+            .accept_errors = server_counters::get(c.accept_errors)};
+}
+
 loop& server::owner() const noexcept { return state_->owner; }
 
 void announce(const server& s) {

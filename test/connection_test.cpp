@@ -1,0 +1,343 @@
+// SPDX-License-Identifier: MIT
+// connection: byte-exact echo, EOF and reset, per-call timeouts, partial writes, cancellation,
+// full duplex, connect().
+#include <netloop/netloop.hpp>
+
+#include <cerrno>
+#include <csignal>
+
+#include <asio/detached.hpp>
+
+#include "support/bounded.hpp"
+#include "support/catch.hpp"
+#include "support/loopback.hpp"
+
+using namespace std::chrono_literals;
+using netloop::address;
+using netloop::errc;
+using netloop::task;
+using netloop::test::pattern;
+using netloop::test::read_n;
+using netloop::test::run_bounded;
+
+namespace {
+
+// Awaits `op` and returns the errc of the netloop::error it throws (errc{} if none).
+template <typename T>
+task<errc> kind_of(task<T> op) {
+    try {
+        (void)co_await std::move(op);
+    } catch (const netloop::error& e) {
+        co_return e.kind();
+    }
+    co_return errc{};
+}
+
+task<> write_times(netloop::connection& c, std::span<const std::byte> data, int times) {
+    for (int i = 0; i < times; ++i) co_await c.write(data, 5s);
+}
+
+std::string text(const std::vector<std::byte>& b) {
+    return std::string(reinterpret_cast<const char*>(b.data()), b.size());
+}
+
+}  // namespace
+
+TEST_CASE("echo round-trips are byte-exact for 1 B, 64 KiB and 8 MiB over IPv4 and IPv6",
+          "[connection]") {
+    auto at = GENERATE(as<std::string>{}, "127.0.0.1:0", "[::1]:0");
+    auto size = GENERATE(std::size_t{1}, std::size_t{64} << 10, std::size_t{8} << 20);
+    CAPTURE(at, size);
+    auto sent = pattern(size, 3);
+    auto received = run_bounded([&]() -> task<std::vector<std::byte>> {
+        auto s = netloop::server::listen(address::parse(at));
+        auto client = co_await netloop::connect(s.local_address(), 5s);
+        auto conns = s.connections();
+        auto accepted = co_await conns.next();
+        REQUIRE(accepted);
+        netloop::spawn(netloop::test::echo_until_closed(std::move(*accepted)));
+        // Write from another task so neither side waits on a full buffer.
+        netloop::spawn([](netloop::connection& c, std::span<const std::byte> b) -> task<> {
+            co_await c.write(b, 10s);
+        }(client, sent));
+        co_return co_await read_n(client, size);
+    });
+    CHECK(received == sent);
+}
+
+TEST_CASE("200 concurrent connections each echo 100 messages correctly", "[connection]") {
+    constexpr int clients = 200;
+    constexpr int messages = 100;
+    int correct = run_bounded(
+        [&]() -> task<int> {
+            auto s = netloop::server::listen(address::parse("127.0.0.1:0"));
+            netloop::spawn([](netloop::connection_stream conns) -> task<> {
+                while (auto c = co_await conns.next()) {
+                    netloop::spawn(netloop::test::echo_until_closed(std::move(*c)));
+                }
+            }(s.connections()));
+            int ok = 0;
+            int finished = 0;
+            for (int i = 0; i < clients; ++i) {
+                netloop::spawn([](address to, unsigned id, int& ok, int& finished) -> task<> {
+                    auto c = co_await netloop::connect(to, 5s);
+                    bool all = true;
+                    for (int m = 0; m < messages; ++m) {
+                        auto msg = pattern(100 + (id + m) % 200, id * 131 + m);
+                        co_await c.write(msg, 5s);
+                        auto back = co_await read_n(c, msg.size());
+                        all = all && back == msg;
+                    }
+                    ok += all ? 1 : 0;
+                    ++finished;
+                }(s.local_address(), static_cast<unsigned>(i), ok, finished));
+            }
+            while (finished < clients) co_await netloop::test::sleep_for(10ms);
+            co_return ok;
+        },
+        60s);
+    CHECK(correct == clients);
+}
+
+TEST_CASE("a peer that closes gives connection_closed; one that resets gives connection_reset",
+          "[connection]") {
+    auto [closed, reset, other_ok] = run_bounded([]() -> task<std::tuple<errc, errc, bool>> {
+        auto s = netloop::server::listen(address::parse("127.0.0.1:0"));
+        auto conns = s.connections();
+        auto a_client = co_await netloop::connect(s.local_address(), 5s);
+        auto a = co_await conns.next();
+        auto b_client = co_await netloop::connect(s.local_address(), 5s);
+        auto b = co_await conns.next();
+        auto c_client = co_await netloop::connect(s.local_address(), 5s);
+        auto c = co_await conns.next();
+        REQUIRE((a && b && c));
+
+        a_client.close();
+        std::array<std::byte, 64> buf;
+        auto closed = co_await kind_of(a->read(buf, 5s));
+
+        b_client.socket().set_option(asio::socket_base::linger(true, 0));
+        b_client.close();  // RST
+        auto reset = co_await kind_of(b->read(buf, 5s));
+
+        // The server and the third connection are unaffected.
+        co_await c_client.write(std::string_view("still here"), 5s);
+        auto got = co_await read_n(*c, 10);
+        auto d_client = co_await netloop::connect(s.local_address(), 5s);
+        auto d = co_await conns.next();
+        co_return std::tuple<errc, errc, bool>{closed, reset,
+                                               d.has_value() && text(got) == "still here"};
+    });
+    CHECK(closed == errc::connection_closed);
+    CHECK(reset == errc::connection_reset);
+    CHECK(other_ok);
+}
+
+TEST_CASE("read() times out on a silent peer and the connection stays usable", "[connection]") {
+    auto [first, bytes] = run_bounded([]() -> task<std::pair<errc, std::string>> {
+        auto [srv, client] = co_await netloop::test::make_pair();
+        std::array<std::byte, 64> buf;
+        auto first = co_await kind_of(srv.read(buf, 50ms));
+        co_await client.write(std::string_view("late bytes"), 5s);
+        auto got = co_await read_n(srv, 10);
+        co_return std::pair<errc, std::string>{first, text(got)};
+    });
+    CHECK(first == errc::timeout);
+    CHECK(bytes == "late bytes");
+}
+
+TEST_CASE("EOF while a long timeout is pending is reported at once as connection_closed",
+          "[connection]") {
+    // A 1 h timeout: if EOF waited for the timer, the watchdog would fail the test.
+    auto kind = run_bounded(
+        []() -> task<errc> {
+            auto [srv, client] = co_await netloop::test::make_pair();
+            netloop::spawn([](netloop::connection c) -> task<> {
+                co_await netloop::test::yield();
+                c.close();
+            }(std::move(client)));
+            std::array<std::byte, 64> buf;
+            co_return co_await kind_of(srv.read(buf, 1h));
+        },
+        10s);
+    CHECK(kind == errc::connection_closed);
+}
+
+TEST_CASE("a write that times out reports bytes_written and can be resumed", "[connection]") {
+    static constexpr std::size_t total = std::size_t{64} << 20;
+    auto data = pattern(total, 11);
+    auto [kind, written, received_ok] =
+        run_bounded([&]() -> task<std::tuple<errc, std::size_t, bool>> {
+            auto [srv, client] = co_await netloop::test::make_pair();
+            std::size_t written = 0;
+            errc kind{};
+            try {
+                co_await srv.write(data, 200ms);  // the peer does not read yet
+                written = total;
+            } catch (const netloop::error& e) {
+                kind = e.kind();
+                written = e.bytes_written();
+            }
+            // Now the peer reads everything while the writer resumes where it stopped.
+            std::vector<std::byte> received;
+            bool reader_done = false;
+            netloop::spawn([](netloop::connection& c, std::vector<std::byte>& out,
+                              bool& done) -> task<> {
+                out = co_await read_n(c, total, 20s);
+                done = true;
+            }(client, received, reader_done));
+            co_await srv.write(std::span<const std::byte>(data).subspan(written), 20s);
+            while (!reader_done) co_await netloop::test::sleep_for(5ms);
+            co_return std::tuple<errc, std::size_t, bool>{kind, written, received == data};
+        });
+    CHECK(kind == errc::timeout);
+    CHECK(written > 0);
+    CHECK(written < total);
+    CHECK(received_ok);
+}
+
+TEST_CASE("a cancelled read() leaves nothing pending: the next read() gets the bytes",
+          "[connection][cancel]") {
+    auto [cancelled_kind, bytes] = run_bounded([]() -> task<std::pair<errc, std::string>> {
+        auto pair = co_await netloop::test::make_pair();
+        auto& srv = pair.server_side;
+        auto& client = pair.client_side;
+        asio::cancellation_signal cancel;
+        std::optional<errc> first;
+        bool started = false;
+        asio::co_spawn(
+            netloop::loop::shared().context(),
+            [&]() -> task<> {
+                std::array<std::byte, 64> buf;
+                started = true;
+                first = co_await kind_of(srv.read(buf, 10s));
+            },
+            asio::bind_cancellation_slot(cancel.slot(), asio::detached));
+        while (!started) co_await netloop::test::yield();
+        cancel.emit(asio::cancellation_type::terminal);
+        while (!first) co_await netloop::test::yield();
+        co_await client.write(std::string_view("after cancel"), 5s);
+        auto got = co_await read_n(srv, 12);
+        co_return std::pair<errc, std::string>{*first, text(got)};
+    });
+    CHECK(cancelled_kind == errc::cancelled);
+    CHECK(bytes == "after cancel");
+}
+
+TEST_CASE("full duplex: 16 MiB each way at once, byte-exact", "[connection]") {
+    constexpr std::size_t size = std::size_t{16} << 20;
+    auto up = pattern(size, 1);
+    auto down = pattern(size, 2);
+    auto [server_got, client_got] =
+        run_bounded([&]() -> task<std::pair<bool, bool>> {
+            auto [srv, client] = co_await netloop::test::make_pair();
+            int done = 0;
+            bool server_ok = false;
+            bool client_ok = false;
+            // On each end one task writes while another reads the same connection.
+            auto writer = [](netloop::connection& c, std::span<const std::byte> b,
+                             int& done) -> task<> {
+                co_await c.write(b, 20s);
+                ++done;
+            };
+            auto reader = [](netloop::connection& c, std::span<const std::byte> expect, bool& ok,
+                             int& done) -> task<> {
+                auto got = co_await read_n(c, expect.size(), 20s);
+                ok = std::equal(got.begin(), got.end(), expect.begin(), expect.end());
+                ++done;
+            };
+            netloop::spawn(writer(client, up, done));
+            netloop::spawn(writer(srv, down, done));
+            netloop::spawn(reader(srv, up, server_ok, done));
+            netloop::spawn(reader(client, down, client_ok, done));
+            while (done < 4) co_await netloop::test::sleep_for(5ms);
+            co_return std::pair<bool, bool>{server_ok, client_ok};
+        });
+    CHECK(server_got);
+    CHECK(client_got);
+}
+
+TEST_CASE("connect() to a closed port fails with connect_failed and ECONNREFUSED",
+          "[connection][connect]") {
+    auto [kind, sys] = run_bounded([]() -> task<std::pair<errc, int>> {
+        address free_port;
+        {
+            auto s = netloop::server::listen(address::parse("127.0.0.1:0"));
+            free_port = s.local_address();
+        }
+        try {
+            auto c = co_await netloop::connect(free_port, 5s);
+        } catch (const netloop::error& e) {
+            co_return std::pair<errc, int>{e.kind(), e.sys_errno()};
+        }
+        co_return std::pair<errc, int>{errc{}, 0};
+    });
+    CHECK(kind == errc::connect_failed);
+    CHECK(sys == ECONNREFUSED);
+}
+
+TEST_CASE("connect() reaches a server on [::1]", "[connection][connect]") {
+    auto remote = run_bounded([]() -> task<address> {
+        auto s = netloop::server::listen(address::parse("[::1]:0"));
+        auto c = co_await netloop::connect(s.local_address(), 5s);
+        co_return c.remote_address();
+    });
+    CHECK(remote.to_string().rfind("[::1]:", 0) == 0);
+}
+
+TEST_CASE("writing to a reset peer gives connection_reset, never SIGPIPE", "[connection]") {
+    auto kind = run_bounded([]() -> task<errc> {
+        auto [srv, client] = co_await netloop::test::make_pair();
+        client.socket().set_option(asio::socket_base::linger(true, 0));
+        client.close();
+        auto big = pattern(std::size_t{4} << 20);
+        co_return co_await kind_of(write_times(srv, big, 8));
+    });
+    CHECK(kind == errc::connection_reset);
+}
+
+TEST_CASE("read(max_bytes) returns an owning buffer of what arrived", "[connection]") {
+    auto got = run_bounded([]() -> task<std::vector<std::byte>> {
+        auto [srv, client] = co_await netloop::test::make_pair();
+        co_await client.write(std::string_view("abcdef"), 5s);
+        std::vector<std::byte> all;
+        while (all.size() < 6) {
+            auto part = co_await srv.read(4, 5s);
+            REQUIRE(!part.empty());
+            REQUIRE(part.size() <= 4);
+            all.insert(all.end(), part.begin(), part.end());
+        }
+        co_return all;
+    });
+    CHECK(text(got) == "abcdef");
+}
+
+TEST_CASE("close() ends a read pending in another task with connection_closed", "[connection]") {
+    auto kind = run_bounded([]() -> task<errc> {
+        auto [srv, client] = co_await netloop::test::make_pair();
+        std::optional<errc> result;
+        netloop::spawn([](netloop::connection& c, std::optional<errc>& out) -> task<> {
+            std::array<std::byte, 8> buf;
+            out = co_await kind_of(c.read(buf, 10s));
+        }(srv, result));
+        co_await netloop::test::yield();
+        srv.close();
+        srv.close();  // idempotent
+        while (!result) co_await netloop::test::yield();
+        co_return *result;
+    });
+    CHECK(kind == errc::connection_closed);
+}
+
+TEST_CASE("shutdown_write() sends EOF after the data already written", "[connection]") {
+    auto ok = run_bounded([]() -> task<bool> {
+        auto [srv, client] = co_await netloop::test::make_pair();
+        co_await srv.write(std::string_view("bye"), 5s);
+        srv.shutdown_write();
+        auto got = co_await read_n(client, 3);
+        std::array<std::byte, 8> buf;
+        auto after = co_await kind_of(client.read(buf, 5s));
+        co_return got.size() == 3 && after == errc::connection_closed;
+    });
+    CHECK(ok);
+}

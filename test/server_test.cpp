@@ -1,0 +1,163 @@
+// SPDX-License-Identifier: MIT
+// server: listen, the bound port, bind errors, close() from another thread, cancelled accepts.
+#include <netloop/netloop.hpp>
+
+#include <atomic>
+#include <cerrno>
+#include <thread>
+
+#include <asio/detached.hpp>
+
+#include "support/bounded.hpp"
+#include "support/catch.hpp"
+#include "support/loopback.hpp"
+
+using namespace std::chrono_literals;
+using netloop::address;
+using netloop::errc;
+using netloop::test::run_bounded;
+
+TEST_CASE("listen(0) binds a kernel-chosen port that a client can connect to", "[server]") {
+    auto [port, accepted_local_port, client_peer_port] =
+        run_bounded([]() -> netloop::task<std::tuple<int, int, int>> {
+            auto s = netloop::server::listen(0);
+            auto client = co_await netloop::connect(address::ipv4("127.0.0.1", s.local_port()), 5s);
+            auto conns = s.connections();
+            auto accepted = co_await conns.next();
+            REQUIRE(accepted);
+            co_return std::tuple<int, int, int>{s.local_port(),
+                                                accepted->local_address().port(),
+                                                client.remote_address().port()};
+        });
+    CHECK(port != 0);
+    CHECK(accepted_local_port == port);
+    CHECK(client_peer_port == port);
+}
+
+TEST_CASE("listen on ::1 accepts IPv6 clients", "[server]") {
+    auto remote = run_bounded([]() -> netloop::task<address> {
+        auto s = netloop::server::listen(address::parse("[::1]:0"));
+        REQUIRE(s.local_address().is_v6());
+        auto client = co_await netloop::connect(s.local_address(), 5s);
+        auto conns = s.connections();
+        auto accepted = co_await conns.next();
+        REQUIRE(accepted);
+        co_return accepted->remote_address();
+    });
+    CHECK(remote.is_v6());
+    CHECK(remote.host() == "::1");
+}
+
+TEST_CASE("a second listen on a bound port throws bind_failed with EADDRINUSE", "[server]") {
+    auto first = netloop::server::listen(address::parse("127.0.0.1:0"));
+    auto taken = first.local_address();
+    try {
+        auto second = netloop::server::listen(taken);
+        FAIL("second listen succeeded");
+    } catch (const netloop::error& e) {
+        CHECK(e.kind() == errc::bind_failed);
+        CHECK(e.sys_errno() == EADDRINUSE);
+        CHECK(std::string(e.what()).find(taken.to_string()) != std::string::npos);
+    }
+}
+
+TEST_CASE("a negative backlog is refused with errc::invalid_argument", "[server]") {
+    try {
+        (void)netloop::server::listen(address::parse("127.0.0.1:0"), -1);
+        FAIL("listen accepted a negative backlog");
+    } catch (const netloop::error& e) {
+        CHECK(e.kind() == errc::invalid_argument);
+    }
+}
+
+TEST_CASE("close() from another thread wakes a pending next() with nullopt", "[server]") {
+    auto [woke_with_nullopt, refused, still_open] =
+        run_bounded([]() -> netloop::task<std::tuple<bool, bool, bool>> {
+            auto s = netloop::server::listen(address::parse("127.0.0.1:0"));
+            std::atomic<bool> awaiting{false};
+            // The closer waits until the accept is about to be pending; its close() is posted
+            // to the loop, which runs it only once next() has suspended in the accept.
+            std::thread closer([&] {
+                while (!awaiting.load()) std::this_thread::yield();
+                s.close();
+                s.close();  // twice is harmless
+            });
+            auto conns = s.connections();
+            awaiting = true;
+            auto conn = co_await conns.next();
+            closer.join();
+            bool refused = false;
+            try {
+                auto late = co_await netloop::connect(s.local_address(), 5s);
+            } catch (const netloop::error& e) {
+                refused = e.kind() == errc::connect_failed && e.sys_errno() == ECONNREFUSED;
+            }
+            co_return std::tuple<bool, bool, bool>{!conn.has_value(), refused, s.is_open()};
+        });
+    CHECK(woke_with_nullopt);
+    CHECK(refused);
+    CHECK_FALSE(still_open);
+}
+
+TEST_CASE("next() after close() yields nullopt at once", "[server]") {
+    bool ended = run_bounded([]() -> netloop::task<bool> {
+        auto s = netloop::server::listen(address::parse("127.0.0.1:0"));
+        s.close();
+        auto conns = s.connections();
+        auto conn = co_await conns.next();
+        co_return !conn.has_value();
+    });
+    CHECK(ended);
+}
+
+TEST_CASE("a cancelled next() leaves no accept behind: the next next() gets the client",
+          "[server][cancel]") {
+    auto [cancelled_result_empty, same_peer] =
+        run_bounded([]() -> netloop::task<std::pair<bool, bool>> {
+            auto s = netloop::server::listen(address::parse("127.0.0.1:0"));
+            auto conns = s.connections();
+            asio::cancellation_signal cancel;
+            std::optional<bool> first_empty;
+            bool started = false;
+            asio::co_spawn(
+                netloop::loop::shared().context(),
+                [&]() -> netloop::task<> {
+                    started = true;  // next() initiates its accept before anything else runs
+                    auto c = co_await conns.next();
+                    first_empty = !c.has_value();
+                },
+                asio::bind_cancellation_slot(cancel.slot(), asio::detached));
+            while (!started) co_await netloop::test::yield();
+            cancel.emit(asio::cancellation_type::terminal);
+            while (!first_empty) co_await netloop::test::yield();
+
+            auto client = co_await netloop::connect(s.local_address(), 5s);
+            auto accepted = co_await conns.next();
+            REQUIRE(accepted);
+            co_return std::pair<bool, bool>{
+                *first_empty, accepted->remote_address() == client.local_address()};
+        });
+    CHECK(cancelled_result_empty);
+    CHECK(same_peer);
+}
+
+TEST_CASE("stats() counts accepted connections and bytes", "[server][stats]") {
+    auto stats = run_bounded([]() -> netloop::task<netloop::server_stats> {
+        auto s = netloop::server::listen(address::parse("127.0.0.1:0"));
+        auto conns = s.connections();
+        for (int i = 0; i < 3; ++i) {
+            auto client = co_await netloop::connect(s.local_address(), 5s);
+            auto accepted = co_await conns.next();
+            REQUIRE(accepted);
+            co_await client.write(std::string_view("hello"), 5s);
+            auto got = co_await netloop::test::read_n(*accepted, 5);
+            co_await accepted->write(std::span<const std::byte>(got).first(2), 5s);
+        }
+        co_return s.stats();
+    });
+    CHECK(stats.accepted == 3);
+    CHECK(stats.bytes_read == 15);
+    CHECK(stats.bytes_written == 6);
+    CHECK(stats.active == 0);
+    CHECK(stats.peak_active == 1);
+}
