@@ -1,17 +1,15 @@
 // SPDX-License-Identifier: MIT
 // address: parsing and printing IP endpoints.
-#include <netloop/address.hpp>
-
 #include <charconv>
 
+#include <netloop/address.hpp>
 #include <netloop/error.hpp>
 
 namespace netloop {
 namespace {
 
 [[noreturn]] void invalid(std::string_view text, const char* why) {
-    throw error(errc::invalid_address,
-                "parse address \"" + std::string(text) + "\" (" + why + ")");
+    throw error(errc::invalid_address, "parse address \"" + std::string(text) + "\" (" + why + ")");
 }
 
 asio::ip::address normalise(const asio::ip::address& a) {

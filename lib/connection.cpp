@@ -1,11 +1,11 @@
 // SPDX-License-Identifier: MIT
 // connection: reads and writes with per-call deadlines, connect().
-#include <netloop/connection.hpp>
-
 #include <algorithm>
 #include <cerrno>
 
 #include <asio/write.hpp>
+
+#include <netloop/connection.hpp>
 
 #include "connection_impl.hpp"
 #include "logging.hpp"
@@ -86,8 +86,8 @@ std::string connection_impl::describe(const char* operation) const {
     return std::string(operation) + " " + remote.to_string();
 }
 
-error connection_impl::failure(const char* operation, const asio::error_code& ec,
-                               const deadline& d, std::size_t bytes_written) const {
+error connection_impl::failure(const char* operation, const asio::error_code& ec, const deadline& d,
+                               std::size_t bytes_written) const {
     bool reading = operation[0] == 'r';
     if (ec == asio::error::eof) {
         return error(errc::connection_closed, describe(operation) + " (peer closed)", 0,
@@ -101,8 +101,8 @@ error connection_impl::failure(const char* operation, const asio::error_code& ec
     if (ec == asio::error::connection_reset || ec == asio::error::broken_pipe) {
         return error(errc::connection_reset, describe(operation), ec.value(), bytes_written);
     }
-    return error(reading ? errc::read_failed : errc::write_failed, describe(operation),
-                 ec.value(), bytes_written);
+    return error(reading ? errc::read_failed : errc::write_failed, describe(operation), ec.value(),
+                 bytes_written);
 }
 
 }  // namespace detail

@@ -30,9 +30,7 @@ struct server_counters {
     static std::uint64_t get(const counter& c) noexcept {
         return c.load(std::memory_order_relaxed);
     }
-    static void set(counter& c, std::uint64_t v) noexcept {
-        c.store(v, std::memory_order_relaxed);
-    }
+    static void set(counter& c, std::uint64_t v) noexcept { c.store(v, std::memory_order_relaxed); }
     static void add(counter& c, std::uint64_t n) noexcept { set(c, get(c) + n); }
 
     void opened() noexcept {
@@ -58,8 +56,7 @@ struct deadline {
 };
 
 struct connection_impl : std::enable_shared_from_this<connection_impl> {
-    connection_impl(loop& l, asio::ip::tcp::socket s,
-                    std::shared_ptr<server_counters> c = nullptr);
+    connection_impl(loop& l, asio::ip::tcp::socket s, std::shared_ptr<server_counters> c = nullptr);
 
     loop& owner;
     asio::ip::tcp::socket socket;
@@ -97,13 +94,13 @@ private:
 // signal, which the timer uses too.
 class operation_scope {
 public:
-    operation_scope(connection_impl& c, deadline& d, duration timeout, asio::cancellation_slot outer)
+    operation_scope(connection_impl& c, deadline& d, duration timeout,
+                    asio::cancellation_slot outer)
         : connection_(c), deadline_(d), outer_(outer) {
         c.begin(d, timeout);
         if (outer_.is_connected()) {
-            outer_.assign([&signal = d.signal](asio::cancellation_type type) {
-                signal.emit(type);
-            });
+            outer_.assign(
+                [&signal = d.signal](asio::cancellation_type type) { signal.emit(type); });
         }
     }
     ~operation_scope() {

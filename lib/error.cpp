@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: MIT
 // The "netloop" error category and netloop::error.
-#include <netloop/error.hpp>
-
 #include <cstring>
+
+#include <netloop/error.hpp>
 
 namespace netloop {
 namespace {
@@ -51,7 +51,8 @@ public:
 };
 
 std::string describe(errc kind, const std::string& operation, int sys_errno) {
-    std::string reason = sys_errno != 0 ? std::strerror(sys_errno) : make_error_code(kind).message();
+    std::string reason =
+        sys_errno != 0 ? std::strerror(sys_errno) : make_error_code(kind).message();
     return operation.empty() ? reason : operation + ": " + reason;
 }
 
@@ -62,9 +63,7 @@ const std::error_category& error_category() noexcept {
     return instance;
 }
 
-std::error_code make_error_code(errc e) noexcept {
-    return {static_cast<int>(e), error_category()};
-}
+std::error_code make_error_code(errc e) noexcept { return {static_cast<int>(e), error_category()}; }
 
 error::error(errc kind, const std::string& operation, int sys_errno, std::size_t bytes_written)
     : std::system_error(make_error_code(kind)),
@@ -74,7 +73,8 @@ error::error(errc kind, const std::string& operation, int sys_errno, std::size_t
       message_(describe(kind, operation, sys_errno)) {}
 
 std::error_code error::sys_code() const noexcept {
-    return sys_errno_ != 0 ? std::error_code(sys_errno_, std::system_category()) : std::error_code();
+    return sys_errno_ != 0 ? std::error_code(sys_errno_, std::system_category())
+                           : std::error_code();
 }
 
 }  // namespace netloop

@@ -1,13 +1,12 @@
 // SPDX-License-Identifier: MIT
 // set_logger and the helpers lib/ logs through.
-#include <netloop/log.hpp>
-
 #include <atomic>
 #include <mutex>
 
 #include <asio/error.hpp>
 
 #include <netloop/error.hpp>
+#include <netloop/log.hpp>
 
 #include "logging.hpp"
 

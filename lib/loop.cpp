@@ -1,7 +1,5 @@
 // SPDX-License-Identifier: MIT
 // loop, spawn and run: the io_context, the tasks spawned on it, and running one coroutine.
-#include <netloop/loop.hpp>
-
 #include <csignal>
 #include <exception>
 #include <memory>
@@ -11,6 +9,7 @@
 #include <asio/signal_set.hpp>
 
 #include <netloop/error.hpp>
+#include <netloop/loop.hpp>
 
 #include "logging.hpp"
 #include "task_registry.hpp"
@@ -84,16 +83,16 @@ void run_task(loop& l, task<> t, const run_options& options) {
         state->signals.add(SIGTERM);
         watch_signals(state);
     }
-    asio::co_spawn(context, std::move(t),
-                   asio::bind_cancellation_slot(state->cancel.slot(),
-                                                [state, &l](std::exception_ptr e) {
-                                                    state->finished = true;
-                                                    state->failure = e;
-                                                    asio::error_code ignored;
-                                                    state->signals.clear(ignored);
-                                                    state->signals.cancel(ignored);
-                                                    l.cancel_spawned();
-                                                }));
+    asio::co_spawn(
+        context, std::move(t),
+        asio::bind_cancellation_slot(state->cancel.slot(), [state, &l](std::exception_ptr e) {
+            state->finished = true;
+            state->failure = e;
+            asio::error_code ignored;
+            state->signals.clear(ignored);
+            state->signals.cancel(ignored);
+            l.cancel_spawned();
+        }));
     context.run();
     // run() returned by itself once every spawned task had ended (they were cancelled above),
     // or because loop::stop() was called before the task finished.

@@ -1,7 +1,5 @@
 // SPDX-License-Identifier: MIT
 // server: listening, the accept loop behind connections(), close() from any thread, announce().
-#include <netloop/server.hpp>
-
 #include <cerrno>
 #include <cstdio>
 
@@ -9,6 +7,7 @@
 #include <asio/post.hpp>
 
 #include <netloop/error.hpp>
+#include <netloop/server.hpp>
 
 #include "logging.hpp"
 #include "server_state.hpp"
@@ -69,8 +68,7 @@ std::shared_ptr<server_state> open_listener(const address& at, int backlog, bool
 
 }  // namespace
 
-server_state::server_state(loop& l, asio::ip::tcp::acceptor a)
-    : owner(l), acceptor(std::move(a)) {
+server_state::server_state(loop& l, asio::ip::tcp::acceptor a) : owner(l), acceptor(std::move(a)) {
     asio::error_code ec;
     local = address(acceptor.local_endpoint(ec));
 }
@@ -112,8 +110,8 @@ task<std::optional<connection>> connection_stream::next() {
                 s.backoff = std::chrono::milliseconds{0};
             }
             detail::server_counters::add(s.counters->accepted, 1);
-            auto impl = std::make_shared<detail::connection_impl>(s.owner, std::move(socket),
-                                                                  s.counters);
+            auto impl =
+                std::make_shared<detail::connection_impl>(s.owner, std::move(socket), s.counters);
             detail::log(spdlog::level::debug, "accepted {}", impl->remote.to_string());
             co_return connection(std::move(impl));
         }

@@ -1,10 +1,9 @@
 // SPDX-License-Identifier: MIT
 // signal_stream: a signal_set behind an awaitable next().
-#include <netloop/signal_stream.hpp>
-
 #include <asio/signal_set.hpp>
 
 #include <netloop/error.hpp>
+#include <netloop/signal_stream.hpp>
 
 namespace netloop {
 

@@ -52,9 +52,8 @@ TEST_CASE("ipv4() and ipv6() build addresses from parts", "[address]") {
 
 TEST_CASE("bad text throws errc::invalid_address with the text in the message", "[address]") {
     auto text = GENERATE(as<std::string>{}, "300.1.1.1:80", "x:99999", "", "127.0.0.1",
-                         "127.0.0.1:", "127.0.0.1:65536", "127.0.0.1:-1", "127.0.0.1:80x",
-                         "::1:80", "[::1]80", "[::1", "[zz]:80", "localhost:80",
-                         "1.2.3:80", " 1.2.3.4:80");
+                         "127.0.0.1:", "127.0.0.1:65536", "127.0.0.1:-1", "127.0.0.1:80x", "::1:80",
+                         "[::1]80", "[::1", "[zz]:80", "localhost:80", "1.2.3:80", " 1.2.3.4:80");
     CAPTURE(text);
     try {
         (void)address::parse(text);

@@ -1,12 +1,12 @@
 // SPDX-License-Identifier: MIT
 // connection: byte-exact echo, EOF and reset, per-call timeouts, partial writes, cancellation,
 // full duplex, connect().
-#include <netloop/netloop.hpp>
-
 #include <cerrno>
 #include <csignal>
 
 #include <asio/detached.hpp>
+
+#include <netloop/netloop.hpp>
 
 #include "support/bounded.hpp"
 #include "support/catch.hpp"
@@ -181,11 +181,11 @@ TEST_CASE("a write that times out reports bytes_written and can be resumed", "[c
             // Now the peer reads everything while the writer resumes where it stopped.
             std::vector<std::byte> received;
             bool reader_done = false;
-            netloop::spawn([](netloop::connection& c, std::vector<std::byte>& out,
-                              bool& done) -> task<> {
-                out = co_await read_n(c, total, 20s);
-                done = true;
-            }(client, received, reader_done));
+            netloop::spawn(
+                [](netloop::connection& c, std::vector<std::byte>& out, bool& done) -> task<> {
+                    out = co_await read_n(c, total, 20s);
+                    done = true;
+                }(client, received, reader_done));
             co_await srv.write(std::span<const std::byte>(data).subspan(written), 20s);
             while (!reader_done) co_await netloop::test::sleep_for(5ms);
             co_return std::tuple<errc, std::size_t, bool>{kind, written, received == data};
@@ -228,31 +228,30 @@ TEST_CASE("full duplex: 16 MiB each way at once, byte-exact", "[connection]") {
     constexpr std::size_t size = std::size_t{16} << 20;
     auto up = pattern(size, 1);
     auto down = pattern(size, 2);
-    auto [server_got, client_got] =
-        run_bounded([&]() -> task<std::pair<bool, bool>> {
-            auto [srv, client] = co_await netloop::test::make_pair();
-            int done = 0;
-            bool server_ok = false;
-            bool client_ok = false;
-            // On each end one task writes while another reads the same connection.
-            auto writer = [](netloop::connection& c, std::span<const std::byte> b,
-                             int& done) -> task<> {
-                co_await c.write(b, 20s);
-                ++done;
-            };
-            auto reader = [](netloop::connection& c, std::span<const std::byte> expect, bool& ok,
-                             int& done) -> task<> {
-                auto got = co_await read_n(c, expect.size(), 20s);
-                ok = std::equal(got.begin(), got.end(), expect.begin(), expect.end());
-                ++done;
-            };
-            netloop::spawn(writer(client, up, done));
-            netloop::spawn(writer(srv, down, done));
-            netloop::spawn(reader(srv, up, server_ok, done));
-            netloop::spawn(reader(client, down, client_ok, done));
-            while (done < 4) co_await netloop::test::sleep_for(5ms);
-            co_return std::pair<bool, bool>{server_ok, client_ok};
-        });
+    auto [server_got, client_got] = run_bounded([&]() -> task<std::pair<bool, bool>> {
+        auto [srv, client] = co_await netloop::test::make_pair();
+        int done = 0;
+        bool server_ok = false;
+        bool client_ok = false;
+        // On each end one task writes while another reads the same connection.
+        auto writer = [](netloop::connection& c, std::span<const std::byte> b,
+                         int& done) -> task<> {
+            co_await c.write(b, 20s);
+            ++done;
+        };
+        auto reader = [](netloop::connection& c, std::span<const std::byte> expect, bool& ok,
+                         int& done) -> task<> {
+            auto got = co_await read_n(c, expect.size(), 20s);
+            ok = std::equal(got.begin(), got.end(), expect.begin(), expect.end());
+            ++done;
+        };
+        netloop::spawn(writer(client, up, done));
+        netloop::spawn(writer(srv, down, done));
+        netloop::spawn(reader(srv, up, server_ok, done));
+        netloop::spawn(reader(client, down, client_ok, done));
+        while (done < 4) co_await netloop::test::sleep_for(5ms);
+        co_return std::pair<bool, bool>{server_ok, client_ok};
+    });
     CHECK(server_got);
     CHECK(client_got);
 }

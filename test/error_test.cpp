@@ -1,10 +1,10 @@
 // SPDX-License-Identifier: MIT
 // error and errc: the category, std::error_code interop, and what() naming what failed.
-#include <netloop/error.hpp>
-
 #include <cerrno>
 #include <cstring>
 #include <type_traits>
+
+#include <netloop/error.hpp>
 
 #include "support/catch.hpp"
 

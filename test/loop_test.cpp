@@ -1,9 +1,9 @@
 // SPDX-License-Identifier: MIT
 // loop, run and spawn: values, exceptions, cancelling spawned tasks, signals.
-#include <netloop/netloop.hpp>
-
 #include <csignal>
 #include <stdexcept>
+
+#include <netloop/netloop.hpp>
 
 #include "support/bounded.hpp"
 #include "support/catch.hpp"
@@ -70,14 +70,14 @@ TEST_CASE("SIGTERM during run() ends a pending next() with nullopt and run() ret
     bool ended_by_nullopt = false;
     int result = run_bounded(
         [&]() -> netloop::task<> {
-        auto server = netloop::server::listen(netloop::address::parse("127.0.0.1:0"));
-        netloop::spawn([]() -> netloop::task<> {
-            co_await netloop::test::sleep_for(10ms);
-            std::raise(SIGTERM);
-        }());
-        auto conns = server.connections();
-        auto conn = co_await conns.next();
-        ended_by_nullopt = !conn.has_value();
+            auto server = netloop::server::listen(netloop::address::parse("127.0.0.1:0"));
+            netloop::spawn([]() -> netloop::task<> {
+                co_await netloop::test::sleep_for(10ms);
+                std::raise(SIGTERM);
+            }());
+            auto conns = server.connections();
+            auto conn = co_await conns.next();
+            ended_by_nullopt = !conn.has_value();
         },
         10s, netloop::run_options{.cancel_on_signal = true});
     CHECK(result == 0);

@@ -1,10 +1,10 @@
 // SPDX-License-Identifier: MIT
 // The echo sample as a real process, and the README's echo server being samples/echo.cpp.
-#include <netloop/netloop.hpp>
-
 #include <csignal>
 #include <fstream>
 #include <sstream>
+
+#include <netloop/netloop.hpp>
 
 #include "support/bounded.hpp"
 #include "support/catch.hpp"
@@ -58,9 +58,10 @@ TEST_CASE("echo as a real process: announces, echoes bytes, exits 0 on SIGTERM",
     auto sent = netloop::test::pattern(256 * 1024, 9);
     auto received = run_bounded([&]() -> netloop::task<std::vector<std::byte>> {
         auto c = co_await netloop::connect(netloop::address::ipv4("127.0.0.1", port), 5s);
-        netloop::spawn([](netloop::connection& conn, std::span<const std::byte> b) -> netloop::task<> {
-            co_await conn.write(b, 10s);
-        }(c, sent));
+        netloop::spawn(
+            [](netloop::connection& conn, std::span<const std::byte> b) -> netloop::task<> {
+                co_await conn.write(b, 10s);
+            }(c, sent));
         co_return co_await netloop::test::read_n(c, sent.size());
     });
     CHECK(received == sent);

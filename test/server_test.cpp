@@ -1,12 +1,12 @@
 // SPDX-License-Identifier: MIT
 // server: listen, the bound port, bind errors, close() from another thread, cancelled accepts.
-#include <netloop/netloop.hpp>
-
 #include <atomic>
 #include <cerrno>
 #include <thread>
 
 #include <asio/detached.hpp>
+
+#include <netloop/netloop.hpp>
 
 #include "support/bounded.hpp"
 #include "support/catch.hpp"
@@ -25,8 +25,7 @@ TEST_CASE("listen(0) binds a kernel-chosen port that a client can connect to", "
             auto conns = s.connections();
             auto accepted = co_await conns.next();
             REQUIRE(accepted);
-            co_return std::tuple<int, int, int>{s.local_port(),
-                                                accepted->local_address().port(),
+            co_return std::tuple<int, int, int>{s.local_port(), accepted->local_address().port(),
                                                 client.remote_address().port()};
         });
     CHECK(port != 0);
@@ -134,8 +133,8 @@ TEST_CASE("a cancelled next() leaves no accept behind: the next next() gets the 
             auto client = co_await netloop::connect(s.local_address(), 5s);
             auto accepted = co_await conns.next();
             REQUIRE(accepted);
-            co_return std::pair<bool, bool>{
-                *first_empty, accepted->remote_address() == client.local_address()};
+            co_return std::pair<bool, bool>{*first_empty,
+                                            accepted->remote_address() == client.local_address()};
         });
     CHECK(cancelled_result_empty);
     CHECK(same_peer);

@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: MIT
 // signal_stream: raised signals come out of next().
-#include <netloop/netloop.hpp>
-
 #include <csignal>
+
+#include <netloop/netloop.hpp>
 
 #include "support/bounded.hpp"
 #include "support/catch.hpp"

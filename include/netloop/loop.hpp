@@ -101,7 +101,7 @@ task<> store_result(task<T> t, std::optional<T>& out) {
 /// loop ends by itself (see `run_options`). When `f` finishes, tasks it spawned that are still
 /// pending are cancelled and `run()` returns once they have ended.
 template <typename F>
-    requires std::invocable<F&>
+requires std::invocable<F&>
 auto run(F&& f, const run_options& options, loop& l = loop::shared()) {
     using value_type = typename detail::task_value<std::invoke_result_t<F&>>::type;
     if constexpr (std::is_void_v<value_type>) {
@@ -116,9 +116,7 @@ auto run(F&& f, const run_options& options, loop& l = loop::shared()) {
 
 /// `run(f, run_options{}, l)`.
 template <typename F>
-    requires std::invocable<F&>
-auto run(F&& f, loop& l = loop::shared()) {
-    return run(std::forward<F>(f), run_options{}, l);
-}
+requires std::invocable<F&>
+auto run(F&& f, loop& l = loop::shared()) { return run(std::forward<F>(f), run_options{}, l); }
 
 }  // namespace netloop

@@ -1,9 +1,9 @@
 // SPDX-License-Identifier: MIT
 // A program that uses netloop from outside: one connection, one echo, exit 0 on success.
-#include <netloop/netloop.hpp>
-
 #include <cstdio>
 #include <string>
+
+#include <netloop/netloop.hpp>
 
 using namespace std::chrono_literals;
 

@@ -17,8 +17,8 @@ namespace netloop::test {
 
 using namespace std::chrono_literals;
 
-// Runs `f` on the shared loop like netloop::run (signals left alone unless `options` say). If it has not finished
-// within `limit`, the watchdog stops the loop and the test fails.
+// Runs `f` on the shared loop like netloop::run (signals left alone unless `options` say). If it
+// has not finished within `limit`, the watchdog stops the loop and the test fails.
 template <typename F>
 auto run_bounded(F&& f, std::chrono::milliseconds limit = 30s,
                  run_options options = {.cancel_on_signal = false}) {

@@ -32,7 +32,9 @@ public:
         return out_.str();
     }
 
-    [[nodiscard]] bool contains(const std::string& s) { return text().find(s) != std::string::npos; }
+    [[nodiscard]] bool contains(const std::string& s) {
+        return text().find(s) != std::string::npos;
+    }
 
 private:
     std::ostringstream out_;

@@ -7,15 +7,14 @@
 #include <chrono>
 #include <csignal>
 #include <cstdlib>
-#include <optional>
-#include <string>
-#include <thread>
-#include <vector>
-
 #include <fcntl.h>
+#include <optional>
 #include <poll.h>
+#include <string>
 #include <sys/wait.h>
+#include <thread>
 #include <unistd.h>
+#include <vector>
 
 namespace netloop::test {
 
@@ -62,7 +61,8 @@ public:
     [[nodiscard]] pid_t pid() const noexcept { return pid_; }
 
     // The next line of stdout without its newline, or nullopt on EOF or after `limit`.
-    std::optional<std::string> read_line(std::chrono::milliseconds limit = std::chrono::seconds(10)) {
+    std::optional<std::string> read_line(
+        std::chrono::milliseconds limit = std::chrono::seconds(10)) {
         auto until = std::chrono::steady_clock::now() + limit;
         for (;;) {
             auto nl = buffer_.find('\n');

@@ -12,7 +12,6 @@
 #endif
 #endif
 
-#include <asio/version.hpp>
 #include <asio/awaitable.hpp>
 #include <asio/bind_cancellation_slot.hpp>
 #include <asio/cancellation_signal.hpp>
@@ -22,9 +21,11 @@
 #include <asio/steady_timer.hpp>
 #include <asio/this_coro.hpp>
 #include <asio/use_awaitable.hpp>
+#include <asio/version.hpp>
 
 #if !defined(ASIO_HAS_CO_AWAIT)
-#error "netloop needs C++20 coroutines in Asio: compile with -std=c++20 (clang: include netloop first)"
+#error \
+    "netloop needs C++20 coroutines in Asio: compile with -std=c++20 (clang: include netloop first)"
 #endif
 
 #if ASIO_VERSION >= 102300
