@@ -219,6 +219,8 @@ def echo_section(args, runs, notes):
                f"{args.warmup} s warm-up, then a {args.seconds} s window (idle: open, one echo each, "
                f"hold 0.5 s). Servers alternate A B C … A B C …, {args.repeats} repeats of each "
                f"configuration.  ")
+    out.append(f"Other processes kept {args.busy_before} CPUs busy just before the run (0 on a "
+               "quiet machine).  ")
     out.append("Cells: median of the repeats <sub>(min–max)</sub>. Ratios: ratio of the medians "
                "<sub>(min–max of the per-repeat ratios)</sub>; below 1 means netloop uses less / "
                "answers sooner.  ")
@@ -352,14 +354,14 @@ def echo_chart(args, t):
         f"'{dat}' using {2 + i}:xtic(1) title '{s}'" for i, s in enumerate(servers))
     plots_p99 = ", ".join(
         f"'{dat}' using {2 + n + i}:xtic(1) title '{s}'" for i, s in enumerate(servers))
-    terminal = "pngcairo size 1400,1000 font ',10'"
+    terminal = "pngcairo noenhanced size 1400,1000 font ',10'"
     probe = subprocess.run([gnuplot, "-e", "set terminal pngcairo"], capture_output=True)
     if probe.returncode != 0:
-        terminal = "png size 1400,1000"
+        terminal = "png noenhanced size 1400,1000"
     script = f"""
 set terminal {terminal}
 set output '{args.chart}'
-set multiplot layout 2,1 title "netloop vs raw epoll vs Asio — medians of {args.repeats} repeats"
+set multiplot layout 2,1 title "netloop vs raw epoll vs Asio: medians of {args.repeats} run(s), servers on one CPU, load on the other"
 set style data histograms
 set style histogram clustered gap 1
 set style fill solid 0.85 border -1
@@ -397,8 +399,10 @@ def kv_section(args, runs, notes):
                "--csv` pinned to the other, one test at a time, servers alternating, "
                f"{args.repeats} repeats. redis-server runs with `--save '' --appendonly no` on a "
                "loopback port. Server CPU per request: on-CPU time "
-               "(`/proc/<pid>/task/*/schedstat`) over the benchmark run ÷ 200,000; utime+stime "
-               "beside it. Cells: median <sub>(min–max)</sub>.\n")
+               "(`/proc/<pid>/task/*/schedstat`) over the benchmark run ÷ 200,000 (utime+stime from "
+               "`/proc/<pid>/stat` is in the raw lines). Cells: median <sub>(min–max)</sub>.  ")
+    out.append(f"Other processes kept {args.busy_before} CPUs busy just before the run (0 on a quiet "
+               "machine).\n")
     if not args.have_kv:
         out.append("**samples/kv was not built** (`build-bench/samples/kv` missing): only "
                    "redis-server's reference figures below; the kv targets are not measured.\n")
@@ -494,6 +498,7 @@ def main():
     p.add_argument("--repeats", default="3")
     p.add_argument("--have-kv", type=int, default=1)
     p.add_argument("--workdir", default=".")
+    p.add_argument("--busy-before", default="?")
     args = p.parse_args()
     runs = [r for r in parse_raw(args.raw) if r.get("suite") == args.suite]
     notes = read_notes(args.notes)
