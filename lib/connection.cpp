@@ -9,6 +9,7 @@
 
 #include "connection_impl.hpp"
 #include "logging.hpp"
+#include "loop_access.hpp"
 
 namespace netloop {
 namespace detail {
@@ -72,13 +73,109 @@ void connection_impl::on_timer(deadline& d) {
     }
 }
 
-void connection_impl::close() noexcept {
+std::chrono::steady_clock::time_point connection_limits::due() const noexcept {
+    auto idle_due = std::chrono::steady_clock::time_point::max();
+    if (idle != no_timeout && idle < idle_due - last_activity) idle_due = last_activity + idle;
+    return std::min(idle_due, hard_deadline);
+}
+
+void connection_impl::set_limits(duration idle, duration whole) {
+    if (idle == no_timeout && whole == no_timeout) return;
+    limits = std::make_unique<connection_limits>(owner.context());
+    auto now = std::chrono::steady_clock::now();
+    limits->idle = idle;
+    limits->last_activity = now;
+    if (whole != no_timeout && whole < limits->hard_deadline - now) {
+        limits->hard_deadline = now + whole;
+    }
+    arm_limits();
+}
+
+void connection_impl::arm_limits() {
+    // Activity only moves the due time later, so an armed timer never fires too late; when it
+    // fires early it re-arms for the new due time.
+    if (limits->armed) return;
+    auto due = limits->due();
+    if (due == std::chrono::steady_clock::time_point::max()) return;
+    limits->armed = true;
+    limits->timer.expires_at(due);
+    limits->timer.async_wait(
+        [self = shared_from_this()](const asio::error_code&) { self->on_limits(); });
+}
+
+void connection_impl::on_limits() {
+    limits->armed = false;
     if (closed) return;
+    if (std::chrono::steady_clock::now() < limits->due()) {
+        arm_limits();
+        return;
+    }
+    limit_expired = true;
+    log(spdlog::level::debug, "connection {}: {}", remote.to_string(),
+        std::chrono::steady_clock::now() >= limits->hard_deadline ? "connection deadline reached"
+                                                                  : "idle timeout");
+    close();
+}
+
+bool connection_impl::mark_closed() noexcept {
+    if (closed) return false;
     closed = true;
     if (counters) counters->closed();
-    asio::error_code ignored;
     reader.timer.cancel();
     writer.timer.cancel();
+    if (limits) limits->timer.cancel();
+    // Pending operations complete with operation_aborted, reported as connection_closed (or
+    // as timeout when a limit closed the connection).
+    if (reader.pending) reader.signal.emit(asio::cancellation_type::terminal);
+    if (writer.pending) writer.signal.emit(asio::cancellation_type::terminal);
+    return true;
+}
+
+namespace {
+
+task<> linger(std::shared_ptr<connection_impl> c) {
+    asio::error_code ec;
+    c->socket.shutdown(asio::ip::tcp::socket::shutdown_send, ec);
+    if (!ec) {
+        asio::steady_timer bound(c->owner.context(), c->linger_timeout);
+        bound.async_wait([c](const asio::error_code& wait_ec) {
+            asio::error_code ignored;
+            if (!wait_ec) c->socket.cancel(ignored);
+        });
+        std::array<std::byte, 2048> discard;
+        for (;;) {
+            auto state = co_await asio::this_coro::cancellation_state;
+            if (state.cancelled() != asio::cancellation_type::none) break;
+            auto [read_ec, n] =
+                co_await c->socket.async_read_some(asio::buffer(discard), use_tuple);
+            if (read_ec) break;
+        }
+        bound.cancel();
+    }
+    c->socket.close(ec);
+}
+
+}  // namespace
+
+void connection_impl::close() noexcept {
+    if (!mark_closed() || !socket.is_open()) return;
+    if (!loop_access::accepts_tasks(owner)) {
+        asio::error_code ignored;
+        socket.close(ignored);
+        return;
+    }
+    try {
+        spawn(linger(shared_from_this()), owner);
+    } catch (...) {
+        asio::error_code ignored;  // no memory for the linger: close at once
+        socket.close(ignored);
+    }
+}
+
+void connection_impl::abort() noexcept {
+    mark_closed();
+    asio::error_code ignored;
+    if (socket.is_open()) socket.set_option(asio::socket_base::linger(true, 0), ignored);
     socket.close(ignored);
 }
 
@@ -94,6 +191,7 @@ error connection_impl::failure(const char* operation, const asio::error_code& ec
                      bytes_written);
     }
     if (ec == asio::error::operation_aborted || ec == asio::error::bad_descriptor) {
+        if (limit_expired) return error(errc::timeout, describe(operation), 0, bytes_written);
         if (closed) return error(errc::connection_closed, describe(operation), 0, bytes_written);
         if (d.expired) return error(errc::timeout, describe(operation), 0, bytes_written);
         return error(errc::cancelled, describe(operation), 0, bytes_written);
@@ -166,8 +264,9 @@ task<> connection::write(std::span<const std::byte> bytes, duration timeout) {
     if (bytes.empty()) co_return;
     auto state = co_await asio::this_coro::cancellation_state;
     detail::operation_scope scope(c, c.writer, timeout, state.slot());
+    detail::transfer_all_touching condition{&c};
     auto [ec, n] = co_await asio::async_write(
-        c.socket, asio::buffer(bytes.data(), bytes.size()),
+        c.socket, asio::buffer(bytes.data(), bytes.size()), condition,
         asio::bind_cancellation_slot(c.writer.signal.slot(), detail::use_tuple));
     c.count_written(n);
     if (ec) throw c.failure("write", ec, c.writer, n);
@@ -185,6 +284,10 @@ void connection::shutdown_write() noexcept {
 
 void connection::close() noexcept {
     if (impl_) impl_->close();
+}
+
+void connection::abort() noexcept {
+    if (impl_) impl_->abort();
 }
 
 bool connection::is_open() const noexcept { return impl_ && !impl_->closed; }

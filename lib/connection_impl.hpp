@@ -9,6 +9,7 @@
 #include <string>
 
 #include <netloop/address.hpp>
+#include <netloop/connection.hpp>
 #include <netloop/error.hpp>
 #include <netloop/loop.hpp>
 #include <netloop/task.hpp>
@@ -55,6 +56,21 @@ struct deadline {
     bool expired = false;  // the pending operation was cancelled by the deadline
 };
 
+// Whole-connection bounds set by serve(): no byte in either direction for `idle`, or the
+// connection older than `hard_deadline`. One lazily re-armed timer serves both.
+struct connection_limits {
+    explicit connection_limits(asio::io_context& context) : timer(context) {}
+
+    asio::steady_timer timer;
+    duration idle = no_timeout;
+    std::chrono::steady_clock::time_point last_activity{};
+    std::chrono::steady_clock::time_point hard_deadline =
+        std::chrono::steady_clock::time_point::max();
+    bool armed = false;
+
+    [[nodiscard]] std::chrono::steady_clock::time_point due() const noexcept;
+};
+
 struct connection_impl : std::enable_shared_from_this<connection_impl> {
     connection_impl(loop& l, asio::ip::tcp::socket s, std::shared_ptr<server_counters> c = nullptr);
 
@@ -65,12 +81,30 @@ struct connection_impl : std::enable_shared_from_this<connection_impl> {
     deadline reader;
     deadline writer;
     std::shared_ptr<server_counters> counters;
+    std::unique_ptr<connection_limits> limits;  // only under serve() with idle/deadline bounds
+    duration linger_timeout = std::chrono::seconds(2);
     bool closed = false;
+    bool limit_expired = false;  // closed by idle_timeout or connection_deadline
 
     // Starts the clock of `d` for an operation that may take `timeout`.
     void begin(deadline& d, duration timeout);
-    void end(deadline& d) noexcept { d.pending = false; }
+    void end(deadline& d) noexcept {
+        d.pending = false;
+        touch();
+    }
+
+    // Records activity for the idle bound (no-op without limits).
+    void touch() noexcept {
+        if (limits) limits->last_activity = std::chrono::steady_clock::now();
+    }
+    void set_limits(duration idle, duration whole);
+
+    // Graceful close: pending operations end, the write side is shut down, and input is
+    // discarded until the peer closes (or `linger_timeout`), so unread input never turns the
+    // close into a reset that destroys the tail of what was written.
     void close() noexcept;
+    // Immediate close with a reset (SO_LINGER 0).
+    void abort() noexcept;
 
     // The error for a failed operation: `operation` is "read" or "write".
     [[nodiscard]] error failure(const char* operation, const asio::error_code& ec,
@@ -87,6 +121,24 @@ struct connection_impl : std::enable_shared_from_this<connection_impl> {
 private:
     void arm(deadline& d);
     void on_timer(deadline& d);
+    void arm_limits();
+    void on_limits();
+    // Marks the connection closed and ends its pending operations; false if it already was.
+    bool mark_closed() noexcept;
+};
+
+struct connection_access {
+    static connection_impl& impl(connection& c) noexcept { return *c.impl_; }
+};
+
+// async_write's completion condition: transfer everything, and count each partial write as
+// activity, so a long write to a slow reader is not mistaken for an idle connection.
+struct transfer_all_touching {
+    connection_impl* c;
+    std::size_t operator()(const asio::error_code& ec, std::size_t) const noexcept {
+        c->touch();
+        return ec ? 0 : 65536;
+    }
 };
 
 // While an operation of one direction is in flight: its deadline runs, and cancelling the
@@ -98,6 +150,7 @@ public:
                     asio::cancellation_slot outer)
         : connection_(c), deadline_(d), outer_(outer) {
         c.begin(d, timeout);
+        c.touch();
         if (outer_.is_connected()) {
             outer_.assign(
                 [&signal = d.signal](asio::cancellation_type type) { signal.emit(type); });

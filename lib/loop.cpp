@@ -12,6 +12,7 @@
 #include <netloop/loop.hpp>
 
 #include "logging.hpp"
+#include "loop_access.hpp"
 #include "task_registry.hpp"
 
 namespace netloop {
@@ -20,7 +21,7 @@ namespace netloop {
 // post() from other threads (server::close) stays safe.
 loop::loop() : tasks_(std::make_unique<detail::task_registry>()), context_(1) {}
 
-loop::~loop() = default;
+loop::~loop() { tasks_->destroying = true; }
 
 loop& loop::shared() {
     static loop instance;
@@ -50,6 +51,7 @@ void spawn(task<> t, loop& l) {
                            registry.remove(entry);
                            asio::post(l.context(), [owned = registry.release(entry)] {});
                        }));
+    if (registry.draining) entry->signal.emit(asio::cancellation_type::terminal);
 }
 
 namespace detail {
@@ -77,6 +79,8 @@ void watch_signals(const std::shared_ptr<run_state>& state) {
 void run_task(loop& l, task<> t, const run_options& options) {
     auto& context = l.context();
     context.restart();
+    auto& tasks = loop_access::tasks(l);
+    tasks.draining = false;
     auto state = std::make_shared<run_state>(context);
     if (options.cancel_on_signal) {
         state->signals.add(SIGINT);
@@ -91,12 +95,14 @@ void run_task(loop& l, task<> t, const run_options& options) {
             asio::error_code ignored;
             state->signals.clear(ignored);
             state->signals.cancel(ignored);
+            loop_access::tasks(l).draining = true;
             l.cancel_spawned();
         }));
     context.run();
     // run() returned by itself once every spawned task had ended (they were cancelled above),
     // or because loop::stop() was called before the task finished.
     context.restart();
+    tasks.draining = false;
     if (!state->finished) {
         asio::error_code ignored;
         state->signals.clear(ignored);

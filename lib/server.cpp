@@ -89,7 +89,7 @@ void server_state::close() noexcept {
 void server_state::close_here() noexcept {
     asio::error_code ignored;
     acceptor.close(ignored);
-    for (auto* timer : backoff_waits) timer->cancel();
+    for (auto* timer : wake_on_close) timer->cancel();
     log(spdlog::level::debug, "server {} closed", local.to_string());
 }
 
@@ -130,9 +130,9 @@ task<std::optional<connection>> connection_stream::next() {
             s.backoff = std::min(s.backoff * 2, detail::max_backoff);
         }
         asio::steady_timer timer(s.owner.context(), s.backoff);
-        auto it = s.backoff_waits.insert(s.backoff_waits.end(), &timer);
+        auto it = s.wake_on_close.insert(s.wake_on_close.end(), &timer);
         auto [wait_ec] = co_await timer.async_wait(detail::use_tuple);
-        s.backoff_waits.erase(it);
+        s.wake_on_close.erase(it);
         if (wait_ec && !s.closed) co_return std::nullopt;  // cancelled
     }
 }

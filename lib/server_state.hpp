@@ -23,10 +23,11 @@ struct server_state : std::enable_shared_from_this<server_state> {
     std::atomic<bool> closed{false};
     std::shared_ptr<server_counters> counters = std::make_shared<server_counters>();
 
-    // Accept back-off after EMFILE and friends: the current delay (zero when healthy), and the
-    // timers of next() calls waiting it out, so close() can wake them.
+    // Accept back-off after EMFILE and friends: the current delay (zero when healthy).
     std::chrono::milliseconds backoff{0};
-    std::list<asio::steady_timer*> backoff_waits;
+    // Timers that tasks wait on for this server (a next() backing off, a serve() paused at
+    // its limit): close() cancels them, so the waiters see the close at once.
+    std::list<asio::steady_timer*> wake_on_close;
 
     // Closes on the calling thread if it runs the loop, else posts the close to the loop.
     void close() noexcept;

@@ -60,6 +60,12 @@ public:
 
     [[nodiscard]] std::size_t size() const noexcept { return size_; }
 
+    // Set once run()'s coroutine has ended: a task spawned from then on (a handler's lingering
+    // close, say) is cancelled as soon as it starts, so run() still returns promptly.
+    bool draining = false;
+    // Set by ~loop: the io_context is going away, nothing may be spawned on it.
+    bool destroying = false;
+
 private:
     entry* head_ = nullptr;
     std::size_t size_ = 0;

@@ -116,8 +116,7 @@ TEST_CASE("a peer that closes gives connection_closed; one that resets gives con
         std::array<std::byte, 64> buf;
         auto closed = co_await kind_of(a->read(buf, 5s));
 
-        b_client.socket().set_option(asio::socket_base::linger(true, 0));
-        b_client.close();  // RST
+        b_client.abort();  // RST
         auto reset = co_await kind_of(b->read(buf, 5s));
 
         // The server and the third connection are unaffected.
@@ -287,8 +286,7 @@ TEST_CASE("connect() reaches a server on [::1]", "[connection][connect]") {
 TEST_CASE("writing to a reset peer gives connection_reset, never SIGPIPE", "[connection]") {
     auto kind = run_bounded([]() -> task<errc> {
         auto [srv, client] = co_await netloop::test::make_pair();
-        client.socket().set_option(asio::socket_base::linger(true, 0));
-        client.close();
+        client.abort();
         auto big = pattern(std::size_t{4} << 20);
         co_return co_await kind_of(write_times(srv, big, 8));
     });

@@ -16,14 +16,15 @@ namespace netloop {
 
 namespace detail {
 struct connection_impl;
-}
+struct connection_access;
+}  // namespace detail
 
 /// One TCP connection: an accepted peer or a connected client.
 ///
 /// One `read()` and one `write()` may be pending at the same time (full duplex, e.g. from two
 /// tasks); two reads or two writes at once are not allowed. Cancelling the task that awaits a
 /// read or a write cancels that operation in the kernel-facing layer and throws `error` with
-/// `errc::cancelled`; the connection stays usable. The destructor closes the socket.
+/// `errc::cancelled`; the connection stays usable. The destructor calls `close()`.
 /// Thread safety: the loop's thread only.
 class connection {
 public:
@@ -61,8 +62,17 @@ public:
     /// Shuts down the sending side (the peer reads EOF); reading goes on. Harmless if closed.
     void shutdown_write() noexcept;
 
-    /// Closes the socket; pending operations end with `errc::connection_closed`. Idempotent.
+    /// Closes gracefully and returns at once. Pending operations end with
+    /// `errc::connection_closed`; then, on the loop, the sending side is shut down after what
+    /// was written, and input is read and discarded until the peer closes (at most the linger
+    /// timeout, 2 s unless `serve_options` say otherwise) before the socket is closed — so
+    /// unread input never turns the close into a reset that destroys data already written.
+    /// When `run()`'s coroutine has ended the socket closes at once. Idempotent.
     void close() noexcept;
+
+    /// Closes at once with a reset (SO_LINGER 0): the peer gets ECONNRESET, and data not yet
+    /// sent is dropped. For refusing misbehaving peers.
+    void abort() noexcept;
 
     /// False once `close()` was called.
     [[nodiscard]] bool is_open() const noexcept;
@@ -80,6 +90,7 @@ public:
     [[nodiscard]] netloop::loop& owner() const noexcept;
 
 private:
+    friend struct detail::connection_access;
     std::shared_ptr<detail::connection_impl> impl_;
 };
 

@@ -15,7 +15,8 @@ namespace netloop {
 
 namespace detail {
 class task_registry;
-}
+struct loop_access;
+}  // namespace detail
 
 /// One `asio::io_context`, run by one thread (epoll on Linux, kqueue on BSD and macOS).
 ///
@@ -56,6 +57,7 @@ public:
 
 private:
     friend void spawn(task<> t, loop& l);
+    friend struct detail::loop_access;
     // Declared first, destroyed last: the io_context's destructor frees pending tasks, which
     // still refer to their registry entries.
     std::unique_ptr<detail::task_registry> tasks_;

@@ -2,7 +2,11 @@
 // server: a listening socket, the stream of its connections, and announce().
 #pragma once
 
+#include <chrono>
+#include <cstddef>
 #include <cstdint>
+#include <functional>
+#include <limits>
 #include <memory>
 #include <optional>
 
@@ -59,6 +63,37 @@ private:
     std::shared_ptr<detail::server_state> state_;
 };
 
+/// No limit: the default of `serve_options`' counts.
+inline constexpr std::size_t unlimited = std::numeric_limits<std::size_t>::max();
+
+/// What `serve()` does with a connection over `max_connections`.
+enum class limit_policy {
+    pause,   ///< stop accepting until a slot frees; the kernel's backlog holds the rest
+    reject,  ///< accept and close at once, counted in `stats().rejected`
+};
+
+/// How `serve()` runs connections. An aggregate: `{.max_connections = 1000, .idle_timeout = 30s}`.
+struct serve_options {
+    /// Handlers running at once; over it, `on_limit` decides.
+    std::size_t max_connections = unlimited;
+    limit_policy on_limit = limit_policy::pause;
+    /// Connections at once from one IP address; over it, the new one is closed and counted.
+    std::size_t max_connections_per_ip = unlimited;
+    /// No byte in either direction for this long: the connection is closed, the handler's
+    /// pending read or write ends with `errc::timeout`.
+    duration idle_timeout = no_timeout;
+    /// The whole connection's bound, from accept; then as `idle_timeout`.
+    duration connection_deadline = no_timeout;
+    /// On shutdown, how long handlers may go on before they are cancelled.
+    duration drain_timeout = std::chrono::seconds(10);
+    /// How long a closing connection discards input while waiting for the peer to close.
+    duration linger_timeout = std::chrono::seconds(2);
+};
+
+/// A connection handler: owns the connection; when it returns, the connection closes
+/// gracefully (see `connection::close()`).
+using connection_handler = std::function<task<>(connection)>;
+
 /// A listening TCP socket.
 ///
 /// Thread safety: `close()` is safe from any thread and any task; the rest belongs to the loop's
@@ -96,6 +131,17 @@ public:
 
     /// False once `close()` was called.
     [[nodiscard]] bool is_open() const noexcept;
+
+    /// Accepts connections and runs `handler` for each in its own task, until the server is
+    /// closed or the awaiting task is cancelled; then drains: stops accepting at once (a new
+    /// connect is refused), lets handlers finish for up to `drain_timeout`, cancels the rest,
+    /// and returns when every handler has ended. A second cancellation during the drain
+    /// cancels the handlers at once ("force now").
+    ///
+    /// Accept errors such as EMFILE back off and resume by themselves. An exception that
+    /// escapes a handler is logged with the remote address and costs only that connection.
+    /// Throws `error` with `errc::accept_failed` only on an accept failure that cannot pass.
+    [[nodiscard]] task<> serve(connection_handler handler, serve_options options = {});
 
     /// What this server has done so far. Safe from any thread.
     [[nodiscard]] server_stats stats() const noexcept;

@@ -1,0 +1,17 @@
+// SPDX-License-Identifier: MIT
+// What lib/ needs of a loop beyond its public API.
+#pragma once
+
+#include <netloop/loop.hpp>
+
+#include "task_registry.hpp"
+
+namespace netloop::detail {
+
+struct loop_access {
+    static task_registry& tasks(loop& l) noexcept { return *l.tasks_; }
+    // False while the loop is being destroyed: nothing may be started on it any more.
+    static bool accepts_tasks(loop& l) noexcept { return !l.tasks_->destroying; }
+};
+
+}  // namespace netloop::detail
