@@ -2,12 +2,14 @@
 // connection: reads and writes with per-call deadlines, connect().
 #include <algorithm>
 #include <cerrno>
+#include <cstdint>
 
 #include <asio/write.hpp>
 
 #include <netloop/connection.hpp>
 
 #include "connection_impl.hpp"
+#include "framing.hpp"
 #include "logging.hpp"
 #include "loop_access.hpp"
 
@@ -220,24 +222,157 @@ connection& connection::operator=(connection&& other) noexcept {
 
 connection::~connection() { close(); }
 
-task<std::size_t> connection::read(std::span<std::byte> buf, duration timeout) {
-    auto& c = *impl_;
+namespace detail {
+
+std::span<const std::byte> connection_impl::buffered() const noexcept {
+    return {read_buffer.data() + read_begin, read_end - read_begin};
+}
+
+void connection_impl::consume(std::size_t n) noexcept {
+    read_begin += std::min(n, read_end - read_begin);
+    if (read_begin == read_end) {
+        read_begin = read_end = 0;
+        // A burst may have grown the buffer; an idle connection should not keep it.
+        if (read_buffer.size() > 65536) std::vector<std::byte>().swap(read_buffer);
+    }
+}
+
+void connection_impl::settle() noexcept {
+    consume(pending_consume);
+    pending_consume = 0;
+}
+
+std::size_t connection_impl::take_buffered(std::span<std::byte> out) noexcept {
+    auto from = buffered();
+    std::size_t n = std::min(out.size(), from.size());
+    std::copy_n(from.begin(), n, out.begin());
+    consume(n);
+    return n;
+}
+
+task<std::size_t> read_some(connection_impl& c, std::span<std::byte> buf, duration timeout) {
     if (c.closed) throw error(errc::connection_closed, c.describe("read"));
-    if (buf.empty()) throw error(errc::invalid_argument, c.describe("read") + " (empty buffer)");
     auto state = co_await asio::this_coro::cancellation_state;
-    detail::operation_scope scope(c, c.reader, timeout, state.slot());
+    operation_scope scope(c, c.reader, timeout, state.slot());
     auto [ec, n] = co_await c.socket.async_read_some(
         asio::buffer(buf.data(), buf.size()),
-        asio::bind_cancellation_slot(c.reader.signal.slot(), detail::use_tuple));
+        asio::bind_cancellation_slot(c.reader.signal.slot(), use_tuple));
     if (ec) throw c.failure("read", ec, c.reader);
     c.count_read(n);
     co_return n;
+}
+
+task<std::size_t> fill(connection_impl& c, duration timeout, std::size_t max_buffered) {
+    c.settle();
+    std::size_t have = c.read_end - c.read_begin;
+    if (have >= max_buffered) {
+        throw error(errc::message_too_large,
+                    c.describe("read") + " (" + std::to_string(have) + " bytes buffered)");
+    }
+    if (c.read_end == c.read_buffer.size()) {
+        if (c.read_begin > 0) {
+            std::copy(c.read_buffer.begin() + static_cast<std::ptrdiff_t>(c.read_begin),
+                      c.read_buffer.begin() + static_cast<std::ptrdiff_t>(c.read_end),
+                      c.read_buffer.begin());
+            c.read_end -= c.read_begin;
+            c.read_begin = 0;
+        }
+        if (c.read_end == c.read_buffer.size()) {
+            c.read_buffer.resize(std::max<std::size_t>(4096, c.read_buffer.size() * 2));
+        }
+    }
+    std::size_t room = std::min(c.read_buffer.size() - c.read_end, max_buffered - have);
+    auto n = co_await read_some(c, std::span(c.read_buffer).subspan(c.read_end, room), timeout);
+    c.read_end += n;
+    co_return n;
+}
+
+// What remains of a deadline, for one call inside a longer operation.
+duration remaining(std::chrono::steady_clock::time_point until, duration timeout) {
+    if (timeout == no_timeout) return no_timeout;
+    return std::max(duration::zero(), until - std::chrono::steady_clock::now());
+}
+
+std::chrono::steady_clock::time_point deadline_of(duration timeout) {
+    auto now = std::chrono::steady_clock::now();
+    if (timeout == no_timeout || timeout > std::chrono::steady_clock::time_point::max() - now) {
+        return std::chrono::steady_clock::time_point::max();
+    }
+    return now + timeout;
+}
+
+}  // namespace detail
+
+task<std::size_t> connection::read(std::span<std::byte> buf, duration timeout) {
+    auto& c = *impl_;
+    if (buf.empty()) throw error(errc::invalid_argument, c.describe("read") + " (empty buffer)");
+    c.settle();
+    if (c.read_end != c.read_begin) co_return c.take_buffered(buf);
+    co_return co_await detail::read_some(c, buf, timeout);
+}
+
+task<> connection::read_exactly(std::span<std::byte> buf, duration timeout) {
+    auto& c = *impl_;
+    c.settle();
+    auto until = detail::deadline_of(timeout);
+    std::size_t got = c.take_buffered(buf);
+    while (got < buf.size()) {
+        got += co_await detail::read_some(c, buf.subspan(got), detail::remaining(until, timeout));
+    }
+}
+
+task<std::string_view> connection::read_until(std::string_view delimiter, std::size_t max_length,
+                                              duration timeout) {
+    auto& c = *impl_;
+    if (delimiter.empty()) {
+        throw error(errc::invalid_argument, c.describe("read_until") + " (empty delimiter)");
+    }
+    c.settle();
+    auto until = detail::deadline_of(timeout);
+    std::size_t searched = 0;
+    for (;;) {
+        auto view = c.buffered();
+        std::string_view text(reinterpret_cast<const char*>(view.data()), view.size());
+        auto found = detail::find_frame(text, searched, delimiter, max_length);
+        if (found.result == detail::frame_search::found) {
+            c.pending_consume = found.length + delimiter.size();
+            co_return text.substr(0, found.length);
+        }
+        if (found.result == detail::frame_search::too_large) {
+            throw error(errc::message_too_large, c.describe("read_until") +
+                                                     " (no delimiter within " +
+                                                     std::to_string(max_length) + " bytes)");
+        }
+        searched = found.searched;
+        auto limit = max_length + std::min(delimiter.size(), SIZE_MAX - max_length);
+        (void)co_await detail::fill(c, detail::remaining(until, timeout), limit);
+    }
+}
+
+std::span<const std::byte> connection::buffered() const noexcept {
+    impl_->settle();
+    return impl_->buffered();
+}
+
+void connection::consume(std::size_t n) noexcept {
+    impl_->settle();
+    impl_->consume(n);
+}
+
+task<std::size_t> connection::fill(duration timeout, std::size_t max_buffered) {
+    return detail::fill(*impl_, timeout, max_buffered);
 }
 
 task<std::vector<std::byte>> connection::read(std::size_t max_bytes, duration timeout) {
     auto& c = *impl_;
     if (c.closed) throw error(errc::connection_closed, c.describe("read"));
     if (max_bytes == 0) throw error(errc::invalid_argument, c.describe("read") + " (max_bytes 0)");
+    c.settle();
+    if (c.read_end != c.read_begin) {
+        std::vector<std::byte> out(std::min(max_bytes, c.read_end - c.read_begin));
+        c.take_buffered(out);
+        co_return out;
+    }
     auto state = co_await asio::this_coro::cancellation_state;
     detail::operation_scope scope(c, c.reader, timeout, state.slot());
     for (;;) {

@@ -6,7 +6,9 @@
 #include <chrono>
 #include <cstdint>
 #include <memory>
+#include <span>
 #include <string>
+#include <vector>
 
 #include <netloop/address.hpp>
 #include <netloop/connection.hpp>
@@ -83,6 +85,12 @@ struct connection_impl : std::enable_shared_from_this<connection_impl> {
     std::shared_ptr<server_counters> counters;
     std::unique_ptr<connection_limits> limits;  // only under serve() with idle/deadline bounds
     duration linger_timeout = std::chrono::seconds(2);
+    // The framing buffer (read_until, fill): bytes [read_begin, read_end) are read but not yet
+    // consumed; `pending_consume` is the last frame handed out, consumed by the next read call.
+    std::vector<std::byte> read_buffer;
+    std::size_t read_begin = 0;
+    std::size_t read_end = 0;
+    std::size_t pending_consume = 0;
     bool closed = false;
     bool limit_expired = false;  // closed by idle_timeout or connection_deadline
 
@@ -92,6 +100,11 @@ struct connection_impl : std::enable_shared_from_this<connection_impl> {
         d.pending = false;
         touch();
     }
+
+    [[nodiscard]] std::span<const std::byte> buffered() const noexcept;
+    void consume(std::size_t n) noexcept;
+    void settle() noexcept;  // consumes the frame handed out last
+    std::size_t take_buffered(std::span<std::byte> out) noexcept;
 
     // Records activity for the idle bound (no-op without limits).
     void touch() noexcept {

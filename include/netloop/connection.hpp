@@ -35,7 +35,8 @@ public:
     connection& operator=(connection&&) noexcept;
     ~connection();
 
-    /// Reads at least one byte into `buf` and returns how many were read.
+    /// Reads at least one byte into `buf` and returns how many were read (bytes already in
+    /// the framing buffer first, without waiting).
     ///
     /// Throws `error` with `errc::connection_closed` on orderly EOF (at once, even while a
     /// timeout is pending), `errc::connection_reset` if the peer reset, `errc::timeout` if
@@ -48,6 +49,37 @@ public:
     /// The buffer exists only once data is there, so an idle connection costs no buffer.
     /// Throws as `read(span, timeout)`.
     [[nodiscard]] task<std::vector<std::byte>> read(std::size_t max_bytes, duration timeout);
+
+    /// Reads exactly `buf.size()` bytes; `timeout` bounds the whole call.
+    ///
+    /// Throws as `read()`. On `errc::connection_closed` before the end, the bytes that did
+    /// arrive are at the start of `buf` and the rest is unspecified.
+    [[nodiscard]] task<> read_exactly(std::span<std::byte> buf, duration timeout);
+
+    /// Reads up to `delimiter` and returns the frame before it, for line and record protocols.
+    ///
+    /// The frame is a view into the connection's buffer, valid until the next read call on
+    /// this connection; the delimiter is consumed with it; bytes that arrived after it stay
+    /// buffered for the next call. `timeout` bounds the whole call. Throws `error` with
+    /// `errc::message_too_large` when no delimiter comes within `max_length` bytes — nothing is
+    /// consumed, so the caller may close, or skip with `buffered()`/`consume()`;
+    /// `errc::connection_closed` on EOF before a delimiter (the partial frame stays in
+    /// `buffered()`); otherwise as `read()`.
+    [[nodiscard]] task<std::string_view> read_until(std::string_view delimiter,
+                                                    std::size_t max_length, duration timeout);
+
+    /// The bytes read into the connection's buffer and not consumed yet: a parser reads them
+    /// in place, `consume()`s what it used, and calls `fill()` when it needs more.
+    [[nodiscard]] std::span<const std::byte> buffered() const noexcept;
+
+    /// Drops the first `n` buffered bytes (at most all of them).
+    void consume(std::size_t n) noexcept;
+
+    /// Reads at least one more byte into the buffer and returns how many arrived.
+    ///
+    /// Throws `error` with `errc::message_too_large` if `max_buffered` bytes are already
+    /// buffered; otherwise as `read()`.
+    [[nodiscard]] task<std::size_t> fill(duration timeout, std::size_t max_buffered = 1 << 20);
 
     /// Writes all of `bytes`, or throws.
     ///
