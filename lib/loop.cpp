@@ -23,12 +23,33 @@ loop::loop() : tasks_(std::make_unique<detail::task_registry>()), context_(1) {}
 
 loop::~loop() { tasks_->destroying = true; }
 
+namespace {
+
+thread_local loop* running_here = nullptr;
+
+// Makes `l` the current loop of this thread while it runs.
+class current_scope {
+public:
+    explicit current_scope(loop& l) noexcept : previous_(running_here) { running_here = &l; }
+    ~current_scope() { running_here = previous_; }
+    current_scope(const current_scope&) = delete;
+    current_scope& operator=(const current_scope&) = delete;
+
+private:
+    loop* previous_;
+};
+
+}  // namespace
+
 loop& loop::shared() {
     static loop instance;
     return instance;
 }
 
+loop& loop::current() noexcept { return running_here != nullptr ? *running_here : shared(); }
+
 void loop::run() {
+    current_scope here(*this);
     context_.restart();
     context_.run();
 }
@@ -77,6 +98,7 @@ void watch_signals(const std::shared_ptr<run_state>& state) {
 }
 
 void run_task(loop& l, task<> t, const run_options& options) {
+    current_scope here(l);
     auto& context = l.context();
     context.restart();
     auto& tasks = loop_access::tasks(l);

@@ -1,7 +1,11 @@
 // SPDX-License-Identifier: MIT
-// server::serve: the accept loop with limits, a tracked task per connection, and the drain.
+// server::serve: the accept loop with limits, a tracked task per connection, the drain, and
+// the optional extra loops (threads) that share the work.
+#include <mutex>
+#include <thread>
 #include <unordered_map>
 
+#include <asio/executor_work_guard.hpp>
 #include <asio/post.hpp>
 
 #include <netloop/error.hpp>
@@ -18,38 +22,89 @@ namespace {
 
 using clock = std::chrono::steady_clock;
 
-// Shared by serve() and the handler tasks, which may outlive serve() after a forced drain.
-struct serve_state {
-    serve_state(loop& l, connection_handler h, const serve_options& o)
-        : owner(l), handler(std::move(h)), options(o), wake(l.context()) {}
+// The limits are global across loops: one lock per connection admitted or ended, never per
+// byte.
+class admission {
+public:
+    enum verdict { admitted, over_total, over_ip };
 
-    loop& owner;
+    verdict try_admit(const asio::ip::address& ip, const serve_options& o) {
+        std::lock_guard lock(mutex_);
+        if (running_ >= o.max_connections) return over_total;
+        auto& from_ip = per_ip_[ip];
+        if (from_ip >= o.max_connections_per_ip) {
+            if (from_ip == 0) per_ip_.erase(ip);
+            return over_ip;
+        }
+        ++from_ip;
+        ++running_;
+        return admitted;
+    }
+
+    void release(const asio::ip::address& ip) {
+        std::lock_guard lock(mutex_);
+        --running_;
+        if (auto it = per_ip_.find(ip); it != per_ip_.end() && --it->second == 0) per_ip_.erase(it);
+    }
+
+    [[nodiscard]] std::size_t running() {
+        std::lock_guard lock(mutex_);
+        return running_;
+    }
+
+private:
+    std::mutex mutex_;
+    std::size_t running_ = 0;
+    std::unordered_map<asio::ip::address, std::size_t> per_ip_;
+};
+
+struct loop_share;
+
+// What every loop of one serve() shares. Fixed before the extra loops start, except what the
+// admission lock guards.
+struct serve_common {
+    serve_common(connection_handler h, const serve_options& o)
+        : handler(std::move(h)), options(o) {}
+
     connection_handler handler;
     serve_options options;
+    admission limits;
+    std::shared_ptr<loop_share> main;
+    clock::time_point drain_until = clock::time_point::max();  // set before stop is posted
+};
+
+// One loop's part of a serve(): its handlers and its wake-up timer. Touched only on its loop.
+struct loop_share {
+    loop_share(loop& l, std::shared_ptr<serve_common> c, std::shared_ptr<server_counters> k)
+        : owner(l), common(std::move(c)), counters(std::move(k)), wake(l.context()) {}
+
+    loop& owner;
+    std::shared_ptr<serve_common> common;
+    std::shared_ptr<server_counters> counters;
     task_registry handlers;  // one cancellation signal per running handler
     std::size_t running = 0;
-    std::unordered_map<asio::ip::address, std::size_t> per_ip;
-    // Cancelled whenever a handler ends, the server closes, or a forced drain is asked for:
-    // whoever waits on it re-checks its condition.
+    std::size_t workers_left = 0;  // main loop only: extra loops that have not finished
+    bool stop = false;             // extra loops: the main loop asked for the drain
+    bool force = false;            // cancel the handlers now
+    // Cancelled whenever something a waiter may be waiting for changes; waiters re-check.
     asio::steady_timer wake;
 
     void notify() noexcept { wake.cancel(); }
 };
 
-// Waits on `s.wake` until it is notified or `until` passes; true if notified. Bound to an
-// unconnected cancellation slot: serve() handles its own cancellation (see drain()).
-task<bool> wait_for_wake(serve_state& s, clock::time_point until) {
+// Waits on `wake` until notified or `until` passes. Bound to an unconnected cancellation
+// slot: serve() handles its own cancellation (cancel_forwarder).
+task<> wait_for_wake(loop_share& s, clock::time_point until) {
     s.wake.expires_at(until);
     auto [ec] = co_await s.wake.async_wait(
         asio::bind_cancellation_slot(asio::cancellation_slot(), use_tuple));
-    co_return ec == asio::error::operation_aborted;
+    (void)ec;
 }
 
-// While alive, cancelling the awaiting coroutine sets `fired` and wakes `s.wake` (whose wait is
-// bound to no slot, so this handler stays installed across it).
+// While alive, cancelling the awaiting coroutine sets `fired` and wakes the share.
 class cancel_forwarder {
 public:
-    cancel_forwarder(asio::cancellation_slot slot, serve_state& s) : slot_(slot) {
+    cancel_forwarder(asio::cancellation_slot slot, loop_share& s) : slot_(slot) {
         if (slot_.is_connected()) {
             slot_.assign([this, &s](asio::cancellation_type) {
                 fired = true;
@@ -69,27 +124,38 @@ private:
     asio::cancellation_slot slot_;
 };
 
-task<> run_handler(std::shared_ptr<serve_state> s, connection conn, asio::ip::address ip) {
+task<> run_handler(std::shared_ptr<loop_share> s, connection conn, asio::ip::address ip) {
     auto remote = conn.remote_address().to_string();
     try {
-        co_await s->handler(std::move(conn));
+        co_await s->common->handler(std::move(conn));
     } catch (...) {
         log_escaped(std::current_exception(), "handler for", remote);
     }
+    s->common->limits.release(ip);
     --s->running;
-    if (auto it = s->per_ip.find(ip); it != s->per_ip.end() && --it->second == 0) {
-        s->per_ip.erase(it);
-    }
     s->notify();
+    // A serve() paused at max_connections waits on the main loop.
+    if (auto main = s->common->main; main != s) main->owner.post([main] { main->notify(); });
 }
 
-void start_handler(const std::shared_ptr<serve_state>& s, connection conn) {
-    auto& impl = connection_access::impl(conn);
-    impl.linger_timeout = s->options.linger_timeout;
-    impl.set_limits(s->options.idle_timeout, s->options.connection_deadline);
-    auto ip = impl.remote.endpoint().address();
+// On `s`'s loop: wraps an accepted socket, and starts its handler or turns it away.
+void deliver(const std::shared_ptr<loop_share>& s, asio::ip::tcp::socket socket) {
+    auto impl = std::make_shared<connection_impl>(s->owner, std::move(socket), s->counters);
+    connection conn(impl);
+    auto& options = s->common->options;
+    auto ip = impl->remote.endpoint().address();
+    auto verdict = s->common->limits.try_admit(ip, options);
+    if (verdict != admission::admitted) {
+        server_counters::add(s->counters->rejected, 1);
+        log(spdlog::level::info, "rejected {}: {}", impl->remote.to_string(),
+            verdict == admission::over_ip ? "too many connections from this address"
+                                          : "max_connections reached");
+        return;  // conn closes gracefully: the client reads EOF
+    }
+    log(spdlog::level::debug, "accepted {}", impl->remote.to_string());
+    impl->linger_timeout = options.linger_timeout;
+    impl->set_limits(options.idle_timeout, options.connection_deadline);
     ++s->running;
-    ++s->per_ip[ip];
     auto* entry = s->handlers.add();
     asio::co_spawn(
         s->owner.context(), run_handler(s, std::move(conn), ip),
@@ -100,83 +166,177 @@ void start_handler(const std::shared_ptr<serve_state>& s, connection conn) {
         }));
 }
 
-// After the accept loop: refuse new connections, wait for the handlers up to drain_timeout (or
-// until a cancellation says "force now"), cancel the rest, wait for them to end.
-task<> drain(std::shared_ptr<serve_state> s, server_state& server) {
-    server.close();
+// Accepts on `listener` until it closes or the task is cancelled, handing each connection to
+// the next of `targets` in turn (only `self` unless this loop hands off to others).
+task<> accept_loop(std::shared_ptr<loop_share> self, std::shared_ptr<server_state> listener,
+                   std::vector<std::shared_ptr<loop_share>> targets) {
+    auto& options = self->common->options;
+    std::size_t next = 0;
+    for (;;) {
+        bool cancelled = false;
+        while (options.on_limit == limit_policy::pause &&
+               self->common->limits.running() >= options.max_connections && !listener->closed) {
+            auto state = co_await asio::this_coro::cancellation_state;
+            cancel_forwarder on_cancel(state.slot(), *self);
+            auto entry = listener->wake_on_close.insert(listener->wake_on_close.end(), &self->wake);
+            co_await wait_for_wake(*self, clock::time_point::max());
+            listener->wake_on_close.erase(entry);
+            cancelled = on_cancel.fired;
+            if (cancelled) break;
+        }
+        if (cancelled) break;
+        auto& target = targets[next];
+        next = (next + 1) % targets.size();
+        auto socket = co_await accept_next(listener, target->owner.context());
+        if (!socket) break;
+        if (target == self) {
+            deliver(self, std::move(*socket));
+        } else {
+            target->owner.post(
+                [target, s = std::move(*socket)]() mutable { deliver(target, std::move(s)); });
+        }
+    }
+}
+
+// Lets this loop's handlers finish until the drain deadline (or a forced drain), then cancels
+// the rest and waits a last second for them.
+task<> drain_share(std::shared_ptr<loop_share> s, cancel_forwarder* forwarder) {
+    while (s->running > 0 && !s->force && !(forwarder != nullptr && forwarder->fired) &&
+           clock::now() < s->common->drain_until) {
+        co_await wait_for_wake(*s, s->common->drain_until);
+    }
     if (s->running == 0) co_return;
-    log(spdlog::level::info, "server {}: draining {} connection(s)", server.local.to_string(),
-        s->running);
-    auto state = co_await asio::this_coro::cancellation_state;
-    cancel_forwarder force(state.slot(), *s);
-    auto drain_until =
-        clock::now() + std::min(s->options.drain_timeout,
-                                std::chrono::duration_cast<duration>(std::chrono::hours(24 * 365)));
-    while (s->running > 0 && !force.fired && clock::now() < drain_until) {
-        (void)co_await wait_for_wake(*s, drain_until);
+    bool forced = s->force || (forwarder != nullptr && forwarder->fired);
+    log(spdlog::level::warn, "{}: cancelling {} connection(s)",
+        forced ? "forced drain" : "drain timeout", s->running);
+    s->handlers.cancel_all();
+    // Cancelled handlers end promptly; one that ignores cancellation is left to finish on its
+    // own after a last second, detached (it holds what it uses).
+    auto last = clock::now() + std::chrono::seconds(1);
+    while (s->running > 0 && clock::now() < last) co_await wait_for_wake(*s, last);
+}
+
+// An extra loop of a multi-core serve(), with its thread.
+struct worker {
+    loop l;
+    std::shared_ptr<loop_share> share;
+    std::shared_ptr<server_state> listener;  // reuse_port only
+    std::thread thread;
+};
+
+task<> worker_main(worker& w) {
+    auto s = w.share;
+    if (w.listener) {
+        std::vector<std::shared_ptr<loop_share>> only_here{s};
+        try {
+            co_await accept_loop(s, w.listener, only_here);
+        } catch (const std::exception& e) {
+            log(spdlog::level::err, "accept on an extra loop failed: {}", e.what());
+        }
     }
-    if (s->running > 0) {
-        log(spdlog::level::warn, "server {}: {} cancelling {} connection(s)",
-            server.local.to_string(), force.fired ? "forced," : "drain timeout,", s->running);
-        s->handlers.cancel_all();
-        // Cancelled handlers end promptly; a handler that ignores cancellation is left to
-        // finish on its own after a last second, detached (it holds what it uses).
-        auto last = clock::now() + std::chrono::seconds(1);
-        while (s->running > 0 && clock::now() < last) (void)co_await wait_for_wake(*s, last);
-    }
+    while (!s->stop) co_await wait_for_wake(*s, clock::time_point::max());
+    co_await drain_share(s, nullptr);
+    auto main = s->common->main;
+    main->owner.post([main] {
+        --main->workers_left;
+        main->notify();
+    });
 }
 
 }  // namespace
 }  // namespace detail
 
 task<> server::serve(connection_handler handler, serve_options options) {
-    // serve() goes on after a cancellation (it drains), so it must not have its own co_awaits
-    // throw for it; the caller's setting comes back on return.
+    using namespace detail;
+    // serve() goes on after a cancellation (it drains), so its own co_awaits must not throw
+    // for it; the caller's setting comes back on return.
     bool throw_if_cancelled = co_await asio::this_coro::throw_if_cancelled();
     co_await asio::this_coro::throw_if_cancelled(false);
-    auto server_state = state_;
-    auto s =
-        std::make_shared<detail::serve_state>(server_state->owner, std::move(handler), options);
-    auto& counters = *server_state->counters;
-    auto conns = connections();
-    auto wake_entry =
-        server_state->wake_on_close.insert(server_state->wake_on_close.end(), &s->wake);
+    auto listener = state_;
+    if (options.threads == 0) {
+        throw error(errc::invalid_argument,
+                    "serve " + listener->local.to_string() + " (0 threads)");
+    }
+    if (options.threads > 1 && options.balance == balance_mode::reuse_port &&
+        !listener->reuse_port) {
+        throw error(errc::invalid_argument,
+                    "serve " + listener->local.to_string() +
+                        " (balance_mode::reuse_port needs listen_options{.reuse_port = true})");
+    }
+    auto common = std::make_shared<serve_common>(std::move(handler), options);
+    auto main = std::make_shared<loop_share>(listener->owner, common, listener->counters);
+    common->main = main;
+
+    std::vector<std::unique_ptr<worker>> workers;
     std::exception_ptr failure;
     try {
-        for (;;) {
-            bool cancelled = false;
-            while (options.on_limit == limit_policy::pause &&
-                   s->running >= options.max_connections && !server_state->closed) {
-                auto state = co_await asio::this_coro::cancellation_state;
-                detail::cancel_forwarder on_cancel(state.slot(), *s);
-                (void)co_await detail::wait_for_wake(*s, detail::clock::time_point::max());
-                cancelled = on_cancel.fired;
-                if (cancelled) break;
+        for (std::size_t i = 1; i < options.threads; ++i) {
+            auto w = std::make_unique<worker>();
+            w->share =
+                std::make_shared<loop_share>(w->l, common, std::make_shared<server_counters>());
+            listener->add_counters(w->share->counters);
+            if (options.balance == balance_mode::reuse_port) {
+                w->listener =
+                    open_listener(listener->local,
+                                  {.backlog = listener->backlog, .reuse_port = true}, false, w->l);
+                w->listener->counters = w->share->counters;
+                listener->link(w->listener);
             }
-            if (cancelled) break;
-            auto conn = co_await conns.next();
-            if (!conn) break;
-            auto ip = conn->remote_address().endpoint().address();
-            auto same_ip = s->per_ip.find(ip);
-            bool over_ip = options.max_connections_per_ip != unlimited &&
-                           same_ip != s->per_ip.end() &&
-                           same_ip->second >= options.max_connections_per_ip;
-            bool over_total = s->running >= options.max_connections;
-            if (over_ip || over_total) {
-                detail::server_counters::add(counters.rejected, 1);
-                detail::log(
-                    spdlog::level::info, "rejected {}: {}", conn->remote_address().to_string(),
-                    over_ip ? "too many connections from this address" : "max_connections reached");
-                conn->close();
-                continue;
-            }
-            detail::start_handler(s, std::move(*conn));
+            workers.push_back(std::move(w));
         }
+        for (auto& w : workers) {
+            w->thread = std::thread([&w = *w] {
+                try {
+                    (void)netloop::run([&w] { return worker_main(w); },
+                                       run_options{.cancel_on_signal = false}, w.l);
+                } catch (const std::exception& e) {
+                    log(spdlog::level::err, "extra loop ended: {}", e.what());
+                }
+            });
+            ++main->workers_left;
+        }
+        std::vector<std::shared_ptr<loop_share>> targets{main};
+        if (options.balance == balance_mode::hand_off) {
+            for (auto& w : workers) targets.push_back(w->share);
+        }
+        co_await accept_loop(main, listener, targets);
     } catch (...) {
         failure = std::current_exception();
     }
-    co_await detail::drain(s, *server_state);
-    server_state->wake_on_close.erase(wake_entry);
+
+    // The drain: no new connections on any loop, then every loop lets its handlers finish.
+    listener->close();
+    auto drain_for = std::min(options.drain_timeout,
+                              std::chrono::duration_cast<duration>(std::chrono::hours(24 * 365)));
+    common->drain_until = clock::now() + drain_for;
+    log(spdlog::level::info, "server {}: draining", listener->local.to_string());
+    for (auto& w : workers) {
+        auto share = w->share;
+        w->l.post([share] {
+            share->stop = true;
+            share->notify();
+        });
+    }
+    auto state = co_await asio::this_coro::cancellation_state;
+    cancel_forwarder force(state.slot(), *main);
+    co_await drain_share(main, &force);
+    bool forwarded = false;
+    while (main->workers_left > 0) {
+        if (force.fired && !forwarded) {
+            forwarded = true;
+            for (auto& w : workers) {
+                auto share = w->share;
+                w->l.post([share] {
+                    share->force = true;
+                    share->notify();
+                });
+            }
+        }
+        co_await wait_for_wake(*main, clock::time_point::max());
+    }
+    for (auto& w : workers) {
+        if (w->thread.joinable()) w->thread.join();
+    }
     co_await asio::this_coro::throw_if_cancelled(throw_if_cancelled);
     if (failure) std::rethrow_exception(failure);
 }

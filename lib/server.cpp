@@ -2,6 +2,7 @@
 // server: listening, the accept loop behind connections(), close() from any thread, announce().
 #include <cerrno>
 #include <cstdio>
+#include <sys/socket.h>
 
 #include <asio/ip/v6_only.hpp>
 #include <asio/post.hpp>
@@ -47,9 +48,11 @@ bool back_off(const asio::error_code& ec) {
 constexpr std::chrono::milliseconds first_backoff{5};
 constexpr std::chrono::milliseconds max_backoff{1000};
 
-std::shared_ptr<server_state> open_listener(const address& at, int backlog, bool dual_stack,
-                                            loop& l) {
-    if (backlog < 0) {
+}  // namespace
+
+std::shared_ptr<server_state> open_listener(const address& at, const listen_options& options,
+                                            bool dual_stack, loop& l) {
+    if (options.backlog < 0) {
         throw error(errc::invalid_argument, "listen " + at.to_string() + " (negative backlog)");
     }
     asio::ip::tcp::acceptor acceptor(l.context());
@@ -58,15 +61,24 @@ std::shared_ptr<server_state> open_listener(const address& at, int backlog, bool
     if (ec) throw error(errc::socket_creation_failed, "socket " + at.to_string(), ec.value());
     if (at.is_v6()) acceptor.set_option(asio::ip::v6_only(!dual_stack), ec);
     acceptor.set_option(asio::socket_base::reuse_address(true), ec);
+    if (options.reuse_port) {
+        int on = 1;
+        if (::setsockopt(acceptor.native_handle(), SOL_SOCKET, SO_REUSEPORT, &on, sizeof on) != 0) {
+            throw error(errc::socket_creation_failed, "SO_REUSEPORT " + at.to_string(), errno);
+        }
+    }
     acceptor.non_blocking(true, ec);
     acceptor.bind(at.endpoint(), ec);
     if (ec) throw error(errc::bind_failed, "bind " + at.to_string(), ec.value());
-    acceptor.listen(backlog, ec);
+    acceptor.listen(options.backlog, ec);
     if (ec) throw error(errc::listen_failed, "listen " + at.to_string(), ec.value());
-    return std::make_shared<server_state>(l, std::move(acceptor));
+    auto state = std::make_shared<server_state>(l, std::move(acceptor));
+    state->backlog = options.backlog;
+    state->reuse_port = options.reuse_port;
+    return state;
 }
 
-}  // namespace
+namespace {}  // namespace
 
 server_state::server_state(loop& l, asio::ip::tcp::acceptor a) : owner(l), acceptor(std::move(a)) {
     asio::error_code ec;
@@ -75,6 +87,10 @@ server_state::server_state(loop& l, asio::ip::tcp::acceptor a) : owner(l), accep
 
 void server_state::close() noexcept {
     if (closed.exchange(true)) return;
+    {
+        std::lock_guard lock(linked_mutex_);
+        for (auto& other : linked_) other->close();
+    }
     if (owner.executor().running_in_this_thread()) {
         close_here();
     } else {
@@ -84,6 +100,23 @@ void server_state::close() noexcept {
             // post() only fails when allocation fails; the acceptor then closes with the server.
         }
     }
+}
+
+void server_state::link(std::shared_ptr<server_state> other) {
+    std::lock_guard lock(linked_mutex_);
+    linked_.push_back(std::move(other));
+}
+
+void server_state::add_counters(std::shared_ptr<server_counters> c) {
+    std::lock_guard lock(linked_mutex_);
+    extra_counters_.push_back(std::move(c));
+}
+
+std::vector<std::shared_ptr<server_counters>> server_state::all_counters() const {
+    std::lock_guard lock(linked_mutex_);
+    auto all = extra_counters_;
+    all.push_back(counters);
+    return all;
 }
 
 void server_state::close_here() noexcept {
@@ -98,43 +131,54 @@ void server_state::close_here() noexcept {
 connection_stream::connection_stream(std::shared_ptr<detail::server_state> state) noexcept
     : state_(std::move(state)) {}
 
-task<std::optional<connection>> connection_stream::next() {
-    auto state = state_;  // the frame keeps the server state alive
+namespace detail {
+
+task<std::optional<asio::ip::tcp::socket>> accept_next(std::shared_ptr<server_state> state,
+                                                       asio::io_context& into) {
     auto& s = *state;
     for (;;) {
         if (s.closed) co_return std::nullopt;
-        auto [ec, socket] = co_await s.acceptor.async_accept(detail::use_tuple);
+        auto [ec, socket] = co_await s.acceptor.async_accept(into, use_tuple);
         if (!ec) {
             if (s.backoff.count() != 0) {
-                detail::log(spdlog::level::warn, "accept on {} recovered", s.local.to_string());
+                log(spdlog::level::warn, "accept on {} recovered", s.local.to_string());
                 s.backoff = std::chrono::milliseconds{0};
             }
-            detail::server_counters::add(s.counters->accepted, 1);
-            auto impl =
-                std::make_shared<detail::connection_impl>(s.owner, std::move(socket), s.counters);
-            detail::log(spdlog::level::debug, "accepted {}", impl->remote.to_string());
-            co_return connection(std::move(impl));
+            server_counters::add(s.counters->accepted, 1);
+            co_return std::move(socket);
         }
         // Closed (acceptor closed under us) or the awaiting task cancelled: the stream ends.
         if (s.closed || ec == asio::error::operation_aborted) co_return std::nullopt;
-        detail::server_counters::add(s.counters->accept_errors, 1);
-        if (detail::skip_connection(ec)) continue;
-        if (!detail::back_off(ec)) {
+        server_counters::add(s.counters->accept_errors, 1);
+        if (skip_connection(ec)) continue;
+        if (!back_off(ec)) {
             throw error(errc::accept_failed, "accept " + s.local.to_string(), ec.value());
         }
         if (s.backoff.count() == 0) {
-            detail::log(spdlog::level::warn, "accept on {}: {}; backing off", s.local.to_string(),
-                        ec.message());
-            s.backoff = detail::first_backoff;
+            log(spdlog::level::warn, "accept on {}: {}; backing off", s.local.to_string(),
+                ec.message());
+            s.backoff = first_backoff;
         } else {
-            s.backoff = std::min(s.backoff * 2, detail::max_backoff);
+            s.backoff = std::min(s.backoff * 2, max_backoff);
         }
         asio::steady_timer timer(s.owner.context(), s.backoff);
         auto it = s.wake_on_close.insert(s.wake_on_close.end(), &timer);
-        auto [wait_ec] = co_await timer.async_wait(detail::use_tuple);
+        auto [wait_ec] = co_await timer.async_wait(use_tuple);
         s.wake_on_close.erase(it);
         if (wait_ec && !s.closed) co_return std::nullopt;  // cancelled
     }
+}
+
+}  // namespace detail
+
+task<std::optional<connection>> connection_stream::next() {
+    auto state = state_;  // the frame keeps the server state alive
+    auto socket = co_await detail::accept_next(state, state->owner.context());
+    if (!socket) co_return std::nullopt;
+    auto impl = std::make_shared<detail::connection_impl>(state->owner, std::move(*socket),
+                                                          state->counters);
+    detail::log(spdlog::level::debug, "accepted {}", impl->remote.to_string());
+    co_return connection(std::move(impl));
 }
 
 server::server(std::shared_ptr<detail::server_state> state) noexcept : state_(std::move(state)) {}
@@ -153,15 +197,21 @@ server::~server() { close(); }
 
 server server::listen(std::uint16_t port, int backlog, loop& l) {
     try {
-        return server(detail::open_listener(address::ipv6("::", port), backlog, true, l));
+        return server(
+            detail::open_listener(address::ipv6("::", port), {.backlog = backlog}, true, l));
     } catch (const error& e) {
         if (e.kind() != errc::socket_creation_failed || e.sys_errno() != EAFNOSUPPORT) throw;
     }
-    return server(detail::open_listener(address::ipv4("0.0.0.0", port), backlog, false, l));
+    return server(
+        detail::open_listener(address::ipv4("0.0.0.0", port), {.backlog = backlog}, false, l));
 }
 
 server server::listen(const address& at, int backlog, loop& l) {
-    return server(detail::open_listener(at, backlog, false, l));
+    return server(detail::open_listener(at, {.backlog = backlog}, false, l));
+}
+
+server server::listen(const address& at, const listen_options& options, loop& l) {
+    return server(detail::open_listener(at, options, false, l));
 }
 
 std::uint16_t server::local_port() const noexcept { return state_->local.port(); }
@@ -177,15 +227,22 @@ void server::close() noexcept {
 bool server::is_open() const noexcept { return state_ && !state_->closed; }
 
 server_stats server::stats() const noexcept {
-    const auto& c = *state_->counters;
     using detail::server_counters;
-    return {.accepted = server_counters::get(c.accepted),
-            .rejected = server_counters::get(c.rejected),
-            .active = server_counters::get(c.active),
-            .peak_active = server_counters::get(c.peak_active),
-            .bytes_read = server_counters::get(c.bytes_read),
-            .bytes_written = server_counters::get(c.bytes_written),
-            .accept_errors = server_counters::get(c.accept_errors)};
+    server_stats total;
+    try {
+        for (const auto& c : state_->all_counters()) {
+            total.accepted += server_counters::get(c->accepted);
+            total.rejected += server_counters::get(c->rejected);
+            total.active += server_counters::get(c->active);
+            total.peak_active += server_counters::get(c->peak_active);
+            total.bytes_read += server_counters::get(c->bytes_read);
+            total.bytes_written += server_counters::get(c->bytes_written);
+            total.accept_errors += server_counters::get(c->accept_errors);
+        }
+    } catch (...) {
+        // all_counters() copies a few pointers; without memory there is nothing to add up.
+    }
+    return total;
 }
 
 loop& server::owner() const noexcept { return state_->owner; }

@@ -6,9 +6,13 @@
 #include <chrono>
 #include <list>
 #include <memory>
+#include <mutex>
+#include <optional>
+#include <vector>
 
 #include <netloop/address.hpp>
 #include <netloop/loop.hpp>
+#include <netloop/server.hpp>
 
 #include "connection_impl.hpp"
 
@@ -21,6 +25,8 @@ struct server_state : std::enable_shared_from_this<server_state> {
     asio::ip::tcp::acceptor acceptor;
     address local;
     std::atomic<bool> closed{false};
+    int backlog = 128;
+    bool reuse_port = false;
     std::shared_ptr<server_counters> counters = std::make_shared<server_counters>();
 
     // Accept back-off after EMFILE and friends: the current delay (zero when healthy).
@@ -32,8 +38,26 @@ struct server_state : std::enable_shared_from_this<server_state> {
     // Closes on the calling thread if it runs the loop, else posts the close to the loop.
     void close() noexcept;
 
+    // reuse_port listeners that serve() opened on other loops for this server: closed with it.
+    void link(std::shared_ptr<server_state> other);
+    // Counters of the other loops serving this server; stats() adds them up.
+    void add_counters(std::shared_ptr<server_counters> c);
+    [[nodiscard]] std::vector<std::shared_ptr<server_counters>> all_counters() const;
+
 private:
     void close_here() noexcept;
+    mutable std::mutex linked_mutex_;
+    std::vector<std::shared_ptr<server_state>> linked_;
+    std::vector<std::shared_ptr<server_counters>> extra_counters_;
 };
+
+// Makes a listening socket: non-blocking, SO_REUSEADDR (and SO_REUSEPORT if asked), bound.
+std::shared_ptr<server_state> open_listener(const address& at, const listen_options& options,
+                                            bool dual_stack, loop& l);
+
+// Accepts the next connection into a socket of `into` (another loop's io_context, for a
+// hand-off), with the back-off of connection_stream::next(); nullopt once closed or cancelled.
+task<std::optional<asio::ip::tcp::socket>> accept_next(std::shared_ptr<server_state> state,
+                                                       asio::io_context& into);
 
 }  // namespace netloop::detail

@@ -2,7 +2,8 @@
 // The echo server made production-ready with serve(): limits, idle timeout, drain, logging.
 //
 //   daemon [host:port] [--max-connections N] [--on-limit pause|reject] [--idle-timeout SECONDS]
-//          [--drain-timeout SECONDS] [--log-level trace|debug|info|warn|error|off]
+//          [--drain-timeout SECONDS] [--threads N] [--balance hand-off|reuse-port]
+//          [--log-level trace|debug|info|warn|error|off]
 //
 // Announces "listening on <address>", logs to stderr, drains on SIGINT/SIGTERM and exits 0; a
 // second signal cancels the remaining connections at once.
@@ -24,6 +25,7 @@ namespace {
 constexpr const char* usage =
     "usage: daemon [host:port] [--max-connections N] [--on-limit pause|reject]\n"
     "              [--idle-timeout SECONDS] [--drain-timeout SECONDS]\n"
+    "              [--threads N] [--balance hand-off|reuse-port]\n"
     "              [--log-level trace|debug|info|warn|error|off]\n";
 
 struct config {
@@ -84,6 +86,17 @@ config parse(int argc, char** argv) {
             c.serve.idle_timeout = parse_seconds(arg, value);
         } else if (arg == "--drain-timeout") {
             c.serve.drain_timeout = parse_seconds(arg, value);
+        } else if (arg == "--threads") {
+            c.serve.threads = parse_count(arg, value);
+        } else if (arg == "--balance") {
+            if (value == "hand-off") {
+                c.serve.balance = netloop::balance_mode::hand_off;
+            } else if (value == "reuse-port") {
+                c.serve.balance = netloop::balance_mode::reuse_port;
+            } else {
+                throw bad_usage{"--balance is hand-off or reuse-port, not '" + std::string(value) +
+                                "'"};
+            }
         } else if (arg == "--log-level") {
             c.log_level = spdlog::level::from_str(std::string(value));
             if (c.log_level == spdlog::level::off && value != "off") {
@@ -125,7 +138,9 @@ int main(int argc, char** argv) {
 
     try {
         return netloop::run([&]() -> netloop::task<> {
-            auto server = netloop::server::listen(netloop::address::parse(cfg.listen_at));
+            auto server = netloop::server::listen(
+                netloop::address::parse(cfg.listen_at),
+                {.reuse_port = cfg.serve.balance == netloop::balance_mode::reuse_port});
             netloop::announce(server);
             log->info("listening on {}", server.local_address().to_string());
             co_await server.serve(echo, cfg.serve);

@@ -132,6 +132,6 @@ private:
 /// fails, `errc::timeout` if it does not complete within `timeout`, `errc::cancelled` if the
 /// awaiting task is cancelled.
 [[nodiscard]] task<connection> connect(const address& to, duration timeout,
-                                       loop& l = loop::shared());
+                                       loop& l = loop::current());
 
 }  // namespace netloop

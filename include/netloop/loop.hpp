@@ -9,6 +9,8 @@
 #include <type_traits>
 #include <utility>
 
+#include <asio/post.hpp>
+
 #include <netloop/task.hpp>
 
 namespace netloop {
@@ -31,8 +33,20 @@ public:
     loop(const loop&) = delete;
     loop& operator=(const loop&) = delete;
 
-    /// The process-wide default loop, which every API uses unless given another.
+    /// The process-wide default loop: what `run()` drives unless given another.
     [[nodiscard]] static loop& shared();
+
+    /// The loop running on the calling thread (inside `run()` or `loop::run()`), else
+    /// `shared()`. The default of every API's `loop&` parameter, so handler code works
+    /// unchanged on whichever loop of a multi-core `serve()` runs it.
+    [[nodiscard]] static loop& current() noexcept;
+
+    /// Runs `f()` on this loop's thread soon. Safe from any thread: the way tasks on different
+    /// loops hand each other work (each loop's state is touched only by its own thread).
+    template <typename F>
+    void post(F&& f) {
+        asio::post(context_, std::forward<F>(f));
+    }
 
     /// Runs the loop on the calling thread until it has no more work or is stopped.
     void run();
@@ -69,7 +83,7 @@ private:
 /// An exception that escapes `t` is logged through the netloop logger (see `set_logger`) —
 /// `errc::connection_closed` and cancellation at debug, everything else at error — and never
 /// terminates the process. The task is cancelled when the `run()` that drives `l` finishes.
-void spawn(task<> t, loop& l = loop::shared());
+void spawn(task<> t, loop& l = loop::current());
 
 /// How `run()` treats SIGINT and SIGTERM.
 struct run_options {

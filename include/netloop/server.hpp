@@ -72,6 +72,25 @@ enum class limit_policy {
     reject,  ///< accept and close at once, counted in `stats().rejected`
 };
 
+/// How a multi-core `serve()` (`threads > 1`) spreads connections over its loops.
+enum class balance_mode {
+    /// One acceptor on the server's loop hands each accepted socket to the next loop in turn
+    /// (round-robin): an even spread, one accept path, and nothing asked of the kernel.
+    hand_off,
+    /// One listener per loop on the same port (SO_REUSEPORT); the kernel spreads connections
+    /// by a hash of their addresses: no hand-off cost, but the spread is only even on average,
+    /// and the server must be made with `listen_options{.reuse_port = true}`.
+    reuse_port,
+};
+
+/// How `listen()` sets up the socket.
+struct listen_options {
+    int backlog = 128;
+    /// SO_REUSEPORT: other sockets (of this user) may bind the same port; needed by
+    /// `balance_mode::reuse_port`.
+    bool reuse_port = false;
+};
+
 /// How `serve()` runs connections. An aggregate: `{.max_connections = 1000, .idle_timeout = 30s}`.
 struct serve_options {
     /// Handlers running at once; over it, `on_limit` decides.
@@ -88,6 +107,12 @@ struct serve_options {
     duration drain_timeout = std::chrono::seconds(10);
     /// How long a closing connection discards input while waiting for the peer to close.
     duration linger_timeout = std::chrono::seconds(2);
+    /// Loops serving connections. 1 serves on the server's own loop; more starts `threads - 1`
+    /// further loops, each an `io_context` run by its own thread, for the time of `serve()`. A
+    /// connection lives on one loop for its whole life, so a handler needs no lock for its own
+    /// I/O; limits, `stats()`, `close()` and the drain cover every loop.
+    std::size_t threads = 1;
+    balance_mode balance = balance_mode::hand_off;
 };
 
 /// A connection handler: owns the connection; when it returns, the connection closes
@@ -106,11 +131,15 @@ public:
     /// which `local_port()` then tells. Throws `error` with `errc::socket_creation_failed`,
     /// `errc::bind_failed` (e.g. `sys_errno() == EADDRINUSE`) or `errc::listen_failed`.
     [[nodiscard]] static server listen(std::uint16_t port, int backlog = 128,
-                                       loop& l = loop::shared());
+                                       loop& l = loop::current());
 
     /// Listens on one interface, IPv4 or IPv6 (an IPv6 socket is IPv6-only). Throws as above.
     [[nodiscard]] static server listen(const address& at, int backlog = 128,
-                                       loop& l = loop::shared());
+                                       loop& l = loop::current());
+
+    /// Listens on one interface with `options` (SO_REUSEPORT, backlog). Throws as above.
+    [[nodiscard]] static server listen(const address& at, const listen_options& options,
+                                       loop& l = loop::current());
 
     server(server&&) noexcept;
     server& operator=(server&&) noexcept;

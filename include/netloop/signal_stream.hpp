@@ -19,7 +19,7 @@ public:
     /// Starts watching `signals` on `l`.
     ///
     /// Throws `error` with `errc::signal_failed` if a signal cannot be watched.
-    explicit signal_stream(std::initializer_list<int> signals, loop& l = loop::shared());
+    explicit signal_stream(std::initializer_list<int> signals, loop& l = loop::current());
     ~signal_stream();
     signal_stream(signal_stream&&) noexcept;
     signal_stream& operator=(signal_stream&&) noexcept;
