@@ -42,7 +42,7 @@ namespace {
 constexpr netloop::duration idle_timeout = netloop::no_timeout;
 constexpr netloop::duration write_timeout = 30s;
 
-// The read buffer starts at Redis's read size and doubles only when a request needs it. A client
+// The read buffer starts at Redis's read size and grows only while a request needs it. A client
 // whose unfinished request passes 1 GiB (Redis's client-query-buffer-limit) is dropped.
 constexpr std::size_t initial_buffer = 16 * 1024;
 constexpr std::size_t max_buffer = std::size_t{1024} * 1024 * 1024;
@@ -171,10 +171,6 @@ void not_an_integer(std::string& out) {
 
 void syntax_error(std::string& out) { resp::append_error(out, "ERR syntax error"); }
 
-std::optional<std::int64_t> to_integer(std::string_view text) {
-    return resp::detail::parse_integer(text);
-}
-
 /// A relative expiry (`amount` seconds or milliseconds from now) as an absolute time, or empty
 /// where Redis says "invalid expire time" (it would overflow).
 std::optional<std::int64_t> expiry_time(std::int64_t amount, bool seconds) {
@@ -222,7 +218,7 @@ void set(store& db, arguments args, std::string& out) {
         } else if ((iequals(args[i], "EX") || iequals(args[i], "PX")) && !has_ttl &&
                    i + 1 < args.size()) {
             bool seconds = iequals(args[i], "EX");
-            auto amount = to_integer(args[++i]);
+            auto amount = resp::parse_integer(args[++i]);
             if (!amount) return not_an_integer(out);
             if (*amount > 0) expires_at = expiry_time(*amount, seconds);
             if (!expires_at) {
@@ -255,7 +251,7 @@ void exists(store& db, arguments args, std::string& out) {
 void add(store& db, std::string_view key, std::int64_t delta, std::string& out) {
     std::int64_t value = 0;
     if (auto* text = db.find(key)) {
-        auto parsed = to_integer(*text);
+        auto parsed = resp::parse_integer(*text);
         if (!parsed) return not_an_integer(out);
         value = *parsed;
     }
@@ -293,9 +289,10 @@ void mset(store& db, arguments args, std::string& out) {
 
 // EXPIRE key seconds: a time in the past deletes the key. Redis 7's NX/XX/GT/LT are not here.
 void expire(store& db, arguments args, std::string& out) {
-    if (args.size() > 3)
+    if (args.size() > 3) {
         return resp::append_error(out, "ERR Unsupported option " + std::string(args[3]));
-    auto seconds = to_integer(args[2]);
+    }
+    auto seconds = resp::parse_integer(args[2]);
     if (!seconds) return not_an_integer(out);
     auto when = expiry_time(*seconds, true);
     if (!when) return resp::append_error(out, "ERR invalid expire time in 'expire' command");
@@ -427,6 +424,7 @@ netloop::task<> serve_client(netloop::connection conn, store& db) {
     std::vector<char> buffer(initial_buffer);
     std::size_t used = 0;    // bytes in `buffer`, the unfinished request first
     std::size_t wanted = 1;  // parsing again is pointless before `used` reaches this
+    resp::progress resume;   // how far the unfinished request was parsed already
     std::string replies;
     for (;;) {
         if (used == buffer.size()) {
@@ -449,7 +447,8 @@ netloop::task<> serve_client(netloop::connection conn, store& db) {
         std::size_t done = 0;
         bool quit = false;
         while (!quit) {
-            auto request = resp::parse(pending.substr(done));
+            auto request = resp::parse(pending.substr(done), resume);
+            resume = request.resume;
             if (request.state == resp::status::incomplete) {
                 wanted = request.wanted;  // relative to `done`, which is about to become 0
                 break;

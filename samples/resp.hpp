@@ -38,6 +38,16 @@ enum class status {
     error,       ///< bytes no request can start with: answer the error and close
 };
 
+/// How far `parse` got into an unfinished multibulk request: the whole arguments it checked.
+///
+/// Passing it back to `parse` with the same bytes, and more after them, resumes there instead of
+/// parsing those arguments again; a request of many arguments arriving in many reads then costs
+/// its length, not its length times the number of reads.
+struct progress {
+    std::size_t offset = 0;     ///< the bytes checked so far (0: start from the beginning)
+    std::size_t arguments = 0;  ///< how many whole arguments those bytes hold
+};
+
 /// The result of `parse`.
 struct request {
     /// Which of the three outcomes this is.
@@ -50,20 +60,23 @@ struct request {
     /// For `complete`: how many bytes of the input the request took.
     std::size_t consumed = 0;
 
-    /// For `incomplete`: no request completes before the input is at least this long, so the
-    /// caller may wait for that many bytes before parsing again (a protocol error in between is
-    /// then found later, never missed). It follows from lengths the peer claims: a hint for when
-    /// to parse, never a size to allocate.
+    /// For `incomplete`: the result cannot change before the input is at least this long, so
+    /// the caller may wait for that many bytes before parsing again. Inside a bulk string it
+    /// follows from the length the peer claims: a hint for when to parse, never a size to
+    /// allocate.
     std::size_t wanted = 0;
+
+    /// For `incomplete`: where to resume (see `progress`).
+    progress resume;
 
     /// For `error`: what is wrong, in Redis's words, e.g. `invalid bulk length`. The reply is
     /// `-ERR Protocol error: <error>`.
     std::string error;
 };
 
-namespace detail {
-
-/// Redis's `string2ll`: optional `-`, digits, no `+`, no leading zeros, no blanks, no overflow.
+/// A decimal 64-bit integer in Redis's strict syntax (its `string2ll`): an optional `-`, digits,
+/// no `+`, no leading zeros, no blanks; empty if `text` is anything else or overflows. Lengths
+/// and counts in requests are read with it, and so are INCR's values.
 inline std::optional<std::int64_t> parse_integer(std::string_view text) {
     if (text.empty() || text.size() > 20) return std::nullopt;
     bool negative = text.front() == '-';
@@ -75,6 +88,8 @@ inline std::optional<std::int64_t> parse_integer(std::string_view text) {
     if (ec != std::errc{} || end != text.data() + text.size()) return std::nullopt;
     return value;
 }
+
+namespace detail {
 
 /// A `\r\n`-terminated line starting at `pos`: its text and where the next line starts.
 struct line {
@@ -107,50 +122,55 @@ inline request failure(std::string message) {
     return r;
 }
 
-inline request need(std::size_t wanted) {
+inline request need(std::size_t wanted, progress resume = {}) {
     request r;
     r.wanted = wanted;
+    r.resume = resume;
     return r;
 }
 
-/// The smallest a bulk string can be on the wire: `$0\r\n\r\n`.
-inline constexpr std::size_t min_bulk_size = 6;
-
-inline request parse_multibulk(std::string_view in) {
+inline request parse_multibulk(std::string_view in, progress from) {
     auto header = read_line(in, 0);
     if (header.state == status::incomplete) return need(in.size() + 1);
     if (header.state == status::error) {
         return failure(header.too_long ? "too big mbulk count string" : "invalid multibulk length");
     }
-    auto count = parse_integer(header.text.substr(1));
+    auto count = resp::parse_integer(header.text.substr(1));
     if (!count || *count < 0 || static_cast<std::uint64_t>(*count) > max_arguments) {
         return failure("invalid multibulk length");
     }
+    // Resuming, the arguments before `from` are known to be whole: check only the rest, and
+    // collect views into a fresh pass once the request is complete.
+    bool resuming = from.offset > header.next && from.offset <= in.size() &&
+                    from.arguments < static_cast<std::size_t>(*count);
+    std::size_t pos = resuming ? from.offset : header.next;
+    std::size_t done = resuming ? from.arguments : 0;
     request r;
     // Reserve for what may have arrived, never for what the peer claims.
-    r.args.reserve(std::min<std::size_t>(static_cast<std::size_t>(*count), 16));
-    std::size_t pos = header.next;
-    for (auto left = static_cast<std::size_t>(*count); left > 0; --left) {
-        if (pos == in.size()) return need(pos + left * min_bulk_size);
+    if (!resuming) r.args.reserve(std::min<std::size_t>(static_cast<std::size_t>(*count), 16));
+    for (; done < static_cast<std::size_t>(*count); ++done) {
+        if (pos == in.size()) return need(pos + 1, {pos, done});
         if (in[pos] != '$') return failure(std::string("expected '$', got '") + in[pos] + "'");
         auto length_line = read_line(in, pos);
-        if (length_line.state == status::incomplete) return need(in.size() + 1);
+        if (length_line.state == status::incomplete) return need(in.size() + 1, {pos, done});
         if (length_line.state == status::error) {
             return failure(length_line.too_long ? "too big bulk count string"
                                                 : "invalid bulk length");
         }
-        auto length = parse_integer(length_line.text.substr(1));
+        auto length = resp::parse_integer(length_line.text.substr(1));
         if (!length || *length < 0 || static_cast<std::uint64_t>(*length) > max_bulk_length) {
             return failure("invalid bulk length");
         }
         auto size = static_cast<std::size_t>(*length);
         std::size_t end = length_line.next + size;  // where the bulk's \r\n must be
-        if (in.size() < end + 2) return need(end + 2 + (left - 1) * min_bulk_size);
-        if (in[end] != '\r' || in[end + 1] != '\n')
+        if (in.size() < end + 2) return need(end + 2, {pos, done});
+        if (in[end] != '\r' || in[end + 1] != '\n') {
             return failure("bulk data not followed by CRLF");
-        r.args.push_back(in.substr(length_line.next, size));
+        }
+        if (!resuming) r.args.push_back(in.substr(length_line.next, size));
         pos = end + 2;
     }
+    if (resuming) return parse_multibulk(in, {});
     r.state = status::complete;
     r.consumed = pos;
     return r;
@@ -188,10 +208,12 @@ inline request parse_inline(std::string_view in) {
 /// Returns `complete` with the arguments and the bytes consumed, `incomplete` if `input` is a
 /// valid beginning that needs more bytes, or `error` with Redis's message. The result for a
 /// prefix of some bytes is `incomplete` or the same as for all of them, however they were split.
-/// Allocates only for the arguments present in `input`, never for a count or length it claims.
-[[nodiscard]] inline request parse(std::string_view input) {
+/// `from` is the `resume` of an `incomplete` result for the same first bytes; it changes only
+/// the work done, never the result. Allocates only for the arguments present in `input`, never
+/// for a count or length it claims.
+[[nodiscard]] inline request parse(std::string_view input, progress from = {}) {
     if (input.empty()) return detail::need(1);
-    if (input.front() == '*') return detail::parse_multibulk(input);
+    if (input.front() == '*') return detail::parse_multibulk(input, from);
     return detail::parse_inline(input);
 }
 
