@@ -45,6 +45,10 @@ public:
                 return "invalid argument";
             case errc::protocol_error:
                 return "protocol error";
+            case errc::activation_failed:
+                return "socket activation failed";
+            case errc::spawn_failed:
+                return "starting a successor failed";
         }
         return "unknown netloop error";
     }

@@ -310,6 +310,13 @@ task<> server::serve(connection_handler handler, serve_options options) {
                               std::chrono::duration_cast<duration>(std::chrono::hours(24 * 365)));
     common->drain_until = clock::now() + drain_for;
     log(spdlog::level::info, "server {}: draining", listener->local.to_string());
+    if (options.on_drain) {
+        try {
+            options.on_drain();
+        } catch (const std::exception& e) {
+            log(spdlog::level::err, "on_drain threw: {}", e.what());
+        }
+    }
     for (auto& w : workers) {
         auto share = w->share;
         w->l.post([share] {

@@ -245,6 +245,10 @@ server_stats server::stats() const noexcept {
     return total;
 }
 
+int server::native_handle() const noexcept {
+    return state_->acceptor.is_open() ? state_->acceptor.native_handle() : -1;
+}
+
 loop& server::owner() const noexcept { return state_->owner; }
 
 void announce(const server& s) {

@@ -51,6 +51,10 @@ private:
     std::vector<std::shared_ptr<server_counters>> extra_counters_;
 };
 
+struct server_access {
+    static server make(std::shared_ptr<server_state> state) { return server(std::move(state)); }
+};
+
 // Makes a listening socket: non-blocking, SO_REUSEADDR (and SO_REUSEPORT if asked), bound.
 std::shared_ptr<server_state> open_listener(const address& at, const listen_options& options,
                                             bool dual_stack, loop& l);

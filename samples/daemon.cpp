@@ -7,11 +7,20 @@
 //
 // Announces "listening on <address>", logs to stderr, drains on SIGINT/SIGTERM and exits 0; a
 // second signal cancels the remaining connections at once.
+//
+// Under systemd: started with LISTEN_FDS (socket activation) it adopts the passed socket and
+// never binds; with NOTIFY_SOCKET it reports READY=1 once listening, STOPPING=1 when the drain
+// begins, and WATCHDOG=1 keep-alives when WATCHDOG_USEC asks for them. SIGUSR2 restarts without
+// dropping a connection: a new copy of the program inherits the listening socket through the
+// same LISTEN_FDS protocol, and once it is ready this one stops accepting and drains.
 #include <charconv>
+#include <climits>
+#include <csignal>
 #include <cstdio>
 #include <optional>
 #include <string>
 #include <string_view>
+#include <unistd.h>
 
 #include <spdlog/sinks/stdout_sinks.h>
 #include <spdlog/spdlog.h>
@@ -118,6 +127,44 @@ netloop::task<> echo(netloop::connection conn) {
     }
 }
 
+// The server: the socket systemd passed, or one we listen on.
+netloop::server open_server(const config& cfg, const std::shared_ptr<spdlog::logger>& log) {
+    auto activated = netloop::listen_activated();
+    if (activated.empty()) {
+        return netloop::server::listen(
+            netloop::address::parse(cfg.listen_at),
+            {.reuse_port = cfg.serve.balance == netloop::balance_mode::reuse_port});
+    }
+    if (activated.size() > 1) log->warn("{} sockets passed; serving the first", activated.size());
+    log->info("socket activation: serving the passed socket {}",
+              activated.front().local_address().to_string());
+    return std::move(activated.front());
+}
+
+// On SIGUSR2: start a successor that inherits the socket, then let serve() drain.
+netloop::task<> restart_on_sigusr2(netloop::server& server, std::vector<std::string> argv,
+                                   std::shared_ptr<spdlog::logger> log) {
+    netloop::signal_stream signals({SIGUSR2});
+    std::vector<const netloop::server*> handed{&server};
+    for (;;) {
+        (void)co_await signals.next();
+        try {
+            pid_t pid = co_await netloop::start_successor(argv, handed, 10s);
+            log->info("handed over to pid {}", pid);
+            server.close();
+            co_return;
+        } catch (const netloop::error& e) {
+            log->error("restart failed, serving on: {}", e.what());
+        }
+    }
+}
+
+std::string self_path(const char* argv0) {
+    std::array<char, PATH_MAX> buf{};
+    auto n = ::readlink("/proc/self/exe", buf.data(), buf.size() - 1);
+    return n > 0 ? std::string(buf.data(), static_cast<std::size_t>(n)) : std::string(argv0);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -138,11 +185,15 @@ int main(int argc, char** argv) {
 
     try {
         return netloop::run([&]() -> netloop::task<> {
-            auto server = netloop::server::listen(
-                netloop::address::parse(cfg.listen_at),
-                {.reuse_port = cfg.serve.balance == netloop::balance_mode::reuse_port});
+            auto server = open_server(cfg, log);
             netloop::announce(server);
             log->info("listening on {}", server.local_address().to_string());
+            netloop::notify_ready();
+            netloop::spawn(netloop::watchdog_keepalive());
+            std::vector<std::string> args{self_path(argv[0])};
+            for (int i = 1; i < argc; ++i) args.emplace_back(argv[i]);
+            netloop::spawn(restart_on_sigusr2(server, args, log));
+            cfg.serve.on_drain = [] { netloop::notify_stopping(); };
             co_await server.serve(echo, cfg.serve);
             auto s = server.stats();
             log->info("stopped: {} accepted, {} rejected, {} bytes in, {} bytes out", s.accepted,

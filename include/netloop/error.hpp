@@ -28,6 +28,8 @@ enum class errc {
     signal_failed,               ///< a signal could not be watched.
     invalid_argument,            ///< a caller passed a value outside the documented range.
     protocol_error,              ///< a peer sent bytes that its protocol does not allow.
+    activation_failed,           ///< the LISTEN_FDS environment is wrong; nothing was adopted.
+    spawn_failed,                ///< a successor process could not be started or never got ready.
 };
 
 /// The `"netloop"` error category.

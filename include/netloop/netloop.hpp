@@ -10,6 +10,7 @@
 
 #include <netloop/address.hpp>
 #include <netloop/connection.hpp>
+#include <netloop/daemon.hpp>
 #include <netloop/error.hpp>
 #include <netloop/log.hpp>
 #include <netloop/loop.hpp>

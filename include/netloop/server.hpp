@@ -19,6 +19,7 @@ namespace netloop {
 
 namespace detail {
 struct server_state;
+struct server_access;
 }
 
 class server;
@@ -113,6 +114,8 @@ struct serve_options {
     /// I/O; limits, `stats()`, `close()` and the drain cover every loop.
     std::size_t threads = 1;
     balance_mode balance = balance_mode::hand_off;
+    /// Called once, on the server's loop, when the drain begins (e.g. `notify_stopping`).
+    std::function<void()> on_drain = nullptr;
 };
 
 /// A connection handler: owns the connection; when it returns, the connection closes
@@ -178,7 +181,11 @@ public:
     /// The loop this server lives on.
     [[nodiscard]] netloop::loop& owner() const noexcept;
 
+    /// The listening socket's file descriptor, still owned by the server.
+    [[nodiscard]] int native_handle() const noexcept;
+
 private:
+    friend struct detail::server_access;
     explicit server(std::shared_ptr<detail::server_state> state) noexcept;
     std::shared_ptr<detail::server_state> state_;
 };

@@ -1,0 +1,303 @@
+// SPDX-License-Identifier: MIT
+// Socket activation, sd_notify, the watchdog, and start_successor, without libsystemd.
+#include <atomic>
+#include <cerrno>
+#include <charconv>
+#include <climits>
+#include <cstdlib>
+#include <cstring>
+#include <fcntl.h>
+#include <optional>
+#include <signal.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <asio/local/datagram_protocol.hpp>
+
+#include <netloop/daemon.hpp>
+#include <netloop/error.hpp>
+
+#include "logging.hpp"
+#include "server_state.hpp"
+
+extern char** environ;
+
+namespace netloop {
+namespace {
+
+constexpr int first_fd = 3;  // SD_LISTEN_FDS_START
+
+std::optional<long> env_number(const char* name) {
+    const char* text = std::getenv(name);
+    if (text == nullptr) return std::nullopt;
+    long value = -1;
+    auto end = text + std::strlen(text);
+    auto [at, ec] = std::from_chars(text, end, value);
+    if (ec != std::errc() || at != end || *text == '\0') return -1;
+    return value;
+}
+
+[[noreturn]] void bad_activation(const std::string& why, int sys_errno = 0) {
+    ::unsetenv("LISTEN_PID");
+    ::unsetenv("LISTEN_FDS");
+    ::unsetenv("LISTEN_FDNAMES");
+    throw error(errc::activation_failed, "socket activation (" + why + ")", sys_errno);
+}
+
+int sockopt(int fd, int level, int name) {
+    int value = 0;
+    socklen_t len = sizeof value;
+    if (::getsockopt(fd, level, name, &value, &len) != 0) return -1;
+    return value;
+}
+
+// The checks of one inherited fd; the reason it cannot be adopted, or empty.
+std::string why_not_listening_tcp(int fd) {
+    struct stat st {};
+    if (::fstat(fd, &st) != 0) return "fd " + std::to_string(fd) + " is not open";
+    if (!S_ISSOCK(st.st_mode)) return "fd " + std::to_string(fd) + " is not a socket";
+    if (sockopt(fd, SOL_SOCKET, SO_TYPE) != SOCK_STREAM) {
+        return "fd " + std::to_string(fd) + " is not a stream socket";
+    }
+    int family = sockopt(fd, SOL_SOCKET, SO_DOMAIN);
+    if (family != AF_INET && family != AF_INET6) {
+        return "fd " + std::to_string(fd) + " is not an IPv4 or IPv6 socket";
+    }
+    if (sockopt(fd, SOL_SOCKET, SO_ACCEPTCONN) != 1) {
+        return "fd " + std::to_string(fd) + " is not listening";
+    }
+    return {};
+}
+
+}  // namespace
+
+std::vector<server> listen_activated(loop& l) {
+    auto fds = env_number("LISTEN_FDS");
+    if (!fds) return {};
+    auto pid = env_number("LISTEN_PID");
+    if (!pid) bad_activation("LISTEN_FDS without LISTEN_PID");
+    if (*pid != static_cast<long>(::getpid())) {
+        bad_activation("LISTEN_PID=" + std::to_string(*pid) + " is not this process (" +
+                       std::to_string(::getpid()) + ")");
+    }
+    if (*fds < 1 || *fds > 1024) bad_activation("LISTEN_FDS is not a count of sockets");
+    if (const char* names = std::getenv("LISTEN_FDNAMES"); names != nullptr) {
+        long count = 1;
+        for (const char* c = names; *c != '\0'; ++c) count += *c == ':' ? 1 : 0;
+        if (count != *fds) {
+            bad_activation("LISTEN_FDNAMES names " + std::to_string(count) +
+                           " sockets, LISTEN_FDS " + std::to_string(*fds));
+        }
+    }
+    // Check them all before adopting any: on error nothing is adopted.
+    for (int fd = first_fd; fd < first_fd + *fds; ++fd) {
+        if (auto why = why_not_listening_tcp(fd); !why.empty()) bad_activation(why);
+    }
+    std::vector<server> servers;
+    for (int fd = first_fd; fd < first_fd + *fds; ++fd) {
+        ::fcntl(fd, F_SETFD, FD_CLOEXEC);
+        bool v6 = sockopt(fd, SOL_SOCKET, SO_DOMAIN) == AF_INET6;
+        asio::ip::tcp::acceptor acceptor(l.context());
+        asio::error_code ec;
+        acceptor.assign(v6 ? asio::ip::tcp::v6() : asio::ip::tcp::v4(), fd, ec);
+        if (ec) bad_activation("adopt fd " + std::to_string(fd), ec.value());
+        acceptor.non_blocking(true, ec);
+        auto state = std::make_shared<detail::server_state>(l, std::move(acceptor));
+        state->reuse_port = sockopt(fd, SOL_SOCKET, SO_REUSEPORT) == 1;
+        detail::log(spdlog::level::debug, "adopted fd {} ({}) from LISTEN_FDS", fd,
+                    state->local.to_string());
+        servers.push_back(detail::server_access::make(std::move(state)));
+    }
+    ::unsetenv("LISTEN_PID");
+    ::unsetenv("LISTEN_FDS");
+    ::unsetenv("LISTEN_FDNAMES");
+    return servers;
+}
+
+bool notify(std::string_view state) noexcept {
+    const char* where = std::getenv("NOTIFY_SOCKET");
+    if (where == nullptr || where[0] == '\0') return false;
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    std::size_t len = std::strlen(where);
+    if ((where[0] != '/' && where[0] != '@') || len >= sizeof addr.sun_path) return false;
+    std::memcpy(addr.sun_path, where, len);
+    if (where[0] == '@') addr.sun_path[0] = '\0';  // abstract namespace
+    int fd = ::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (fd < 0) return false;
+    auto size = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + len);
+    auto sent = ::sendto(fd, state.data(), state.size(), MSG_NOSIGNAL,
+                         reinterpret_cast<const sockaddr*>(&addr), size);
+    ::close(fd);
+    return sent == static_cast<ssize_t>(state.size());
+}
+
+bool notify_status(std::string_view text) noexcept {
+    try {
+        return notify("STATUS=" + std::string(text));
+    } catch (...) {
+        return false;
+    }
+}
+
+task<> watchdog_keepalive() {
+    auto usec = env_number("WATCHDOG_USEC");
+    if (!usec || *usec <= 0) co_return;
+    if (auto pid = env_number("WATCHDOG_PID"); pid && *pid != static_cast<long>(::getpid())) {
+        co_return;
+    }
+    auto interval = std::chrono::microseconds(*usec / 2);
+    asio::steady_timer timer(co_await asio::this_coro::executor);
+    for (;;) {
+        (void)notify("WATCHDOG=1");
+        timer.expires_after(interval);
+        auto [ec] = co_await timer.async_wait(detail::use_tuple);
+        if (ec) throw error(errc::cancelled, "watchdog keep-alive");
+    }
+}
+
+namespace {
+
+// Everything the child needs, made before fork(): after it only async-signal-safe calls.
+struct successor_plan {
+    std::vector<std::string> argv;
+    std::vector<std::string> env;
+    std::vector<int> fds;
+    std::string pid_var = "LISTEN_PID=" + std::string(20, '\0');
+};
+
+[[noreturn]] void become_successor(successor_plan& plan, int report_fd) {
+    // Move the sockets out of the way first, then to 3, 4, ...: a source may sit on a target.
+    int n = static_cast<int>(plan.fds.size());
+    std::vector<int>& moved = plan.fds;
+    for (int i = 0; i < n; ++i) moved[i] = ::fcntl(moved[i], F_DUPFD, first_fd + n + 16);
+    for (int i = 0; i < n; ++i) {
+        if (moved[i] < 0 || ::dup2(moved[i], first_fd + i) < 0) {
+            int e = errno;
+            (void)!::write(report_fd, &e, sizeof e);
+            ::_exit(127);
+        }
+    }
+    // Nothing else of ours may leak into the successor (client sockets above all: it would
+    // hold them open after we close them). close_range() is Linux 5.9; else one by one.
+    unsigned from = static_cast<unsigned>(first_fd + n);
+    auto report = static_cast<unsigned>(report_fd);  // kept until exec: it is O_CLOEXEC
+    bool closed = report >= from
+                      ? (report == from || ::syscall(SYS_close_range, from, report - 1, 0) == 0) &&
+                            ::syscall(SYS_close_range, report + 1, ~0U, 0) == 0
+                      : ::syscall(SYS_close_range, from, ~0U, 0) == 0;
+    if (!closed) {
+        rlimit lim{};
+        ::getrlimit(RLIMIT_NOFILE, &lim);
+        for (unsigned fd = from; fd < lim.rlim_cur && fd < 65536; ++fd) {
+            if (static_cast<int>(fd) != report_fd) ::close(static_cast<int>(fd));
+        }
+    }
+    // LISTEN_PID is this process: write its digits into the reserved room.
+    char digits[20];
+    int len = 0;
+    for (long pid = ::getpid(); pid > 0; pid /= 10)
+        digits[len++] = static_cast<char>('0' + pid % 10);
+    char* out = plan.pid_var.data() + std::strlen("LISTEN_PID=");
+    for (int i = 0; i < len; ++i) out[i] = digits[len - 1 - i];
+    out[len] = '\0';
+    std::vector<char*> args;
+    std::vector<char*> envp;
+    for (auto& a : plan.argv) args.push_back(a.data());
+    args.push_back(nullptr);
+    for (auto& e : plan.env) envp.push_back(e.data());
+    envp.push_back(plan.pid_var.data());
+    envp.push_back(nullptr);
+    ::sigset_t all;
+    ::sigemptyset(&all);
+    ::sigprocmask(SIG_SETMASK, &all, nullptr);
+    ::execve(args[0], args.data(), envp.data());
+    int e = errno;
+    (void)!::write(report_fd, &e, sizeof e);
+    ::_exit(127);
+}
+
+}  // namespace
+
+task<pid_t> start_successor(std::vector<std::string> argv, std::vector<const server*> servers,
+                            duration ready_timeout) {
+    if (argv.empty() || servers.empty()) {
+        throw error(errc::invalid_argument, "start successor (no program or no server)");
+    }
+    auto executor = co_await asio::this_coro::executor;
+    static std::atomic<int> counter{0};
+    std::string name = std::string(1, '\0') + "netloop-successor-" + std::to_string(::getpid()) +
+                       "-" + std::to_string(counter++);
+    asio::local::datagram_protocol::socket ready(executor);
+    asio::error_code ec;
+    ready.open(asio::local::datagram_protocol(), ec);
+    if (!ec) ready.bind(asio::local::datagram_protocol::endpoint(name), ec);
+    if (ec) throw error(errc::spawn_failed, "start successor: notify socket", ec.value());
+
+    successor_plan plan;
+    plan.argv = std::move(argv);
+    for (char** e = environ; *e != nullptr; ++e) {
+        std::string_view var(*e);
+        if (var.starts_with("LISTEN_") || var.starts_with("NOTIFY_SOCKET=")) continue;
+        plan.env.emplace_back(var);
+    }
+    plan.env.push_back("LISTEN_FDS=" + std::to_string(servers.size()));
+    plan.env.push_back("NOTIFY_SOCKET=@" + name.substr(1));
+    for (const auto* s : servers) plan.fds.push_back(s->native_handle());
+
+    int report[2];
+    if (::pipe2(report, O_CLOEXEC) != 0) {
+        throw error(errc::spawn_failed, "start successor: pipe", errno);
+    }
+    pid_t pid = ::fork();
+    if (pid < 0) {
+        int e = errno;
+        ::close(report[0]);
+        ::close(report[1]);
+        throw error(errc::spawn_failed, "start successor: fork", e);
+    }
+    if (pid == 0) become_successor(plan, report[1]);
+    ::close(report[1]);
+    // The pipe closes on exec (O_CLOEXEC): EOF means the program runs; an int is exec's errno.
+    int exec_errno = 0;
+    ssize_t got = 0;
+    do {
+        got = ::read(report[0], &exec_errno, sizeof exec_errno);
+    } while (got < 0 && errno == EINTR);
+    ::close(report[0]);
+    if (got == static_cast<ssize_t>(sizeof exec_errno)) {
+        ::waitpid(pid, nullptr, 0);
+        throw error(errc::spawn_failed, "start successor: exec " + plan.argv[0], exec_errno);
+    }
+
+    asio::steady_timer limit(executor, ready_timeout);
+    limit.async_wait([&ready](const asio::error_code& wait_ec) {
+        asio::error_code ignored;
+        if (!wait_ec) ready.cancel(ignored);
+    });
+    std::array<char, 512> message;
+    bool is_ready = false;
+    while (!is_ready) {
+        auto [receive_ec, n] =
+            co_await ready.async_receive(asio::buffer(message), detail::use_tuple);
+        if (receive_ec) break;
+        std::string_view text(message.data(), n);
+        is_ready = text == "READY=1" || text.starts_with("READY=1\n") ||
+                   text.find("\nREADY=1") != std::string_view::npos;
+    }
+    limit.cancel();
+    if (!is_ready) {
+        ::kill(pid, SIGKILL);
+        ::waitpid(pid, nullptr, 0);
+        throw error(errc::spawn_failed, "start successor " + plan.argv[0] + " (not ready in time)");
+    }
+    detail::log(spdlog::level::info, "successor pid {} is ready", pid);
+    co_return pid;
+}
+
+}  // namespace netloop
