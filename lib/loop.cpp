@@ -27,15 +27,22 @@ namespace {
 
 thread_local loop* running_here = nullptr;
 
-// Makes `l` the current loop of this thread while it runs.
+// Makes `l` the current loop of this thread, and marks it running, while it runs.
 class current_scope {
 public:
-    explicit current_scope(loop& l) noexcept : previous_(running_here) { running_here = &l; }
-    ~current_scope() { running_here = previous_; }
+    explicit current_scope(loop& l) noexcept : loop_(l), previous_(running_here) {
+        running_here = &l;
+        detail::loop_access::tasks(l).running = true;
+    }
+    ~current_scope() {
+        detail::loop_access::tasks(loop_).running = false;
+        running_here = previous_;
+    }
     current_scope(const current_scope&) = delete;
     current_scope& operator=(const current_scope&) = delete;
 
 private:
+    loop& loop_;
     loop* previous_;
 };
 

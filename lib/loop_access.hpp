@@ -12,6 +12,8 @@ struct loop_access {
     static task_registry& tasks(loop& l) noexcept { return *l.tasks_; }
     // False while the loop is being destroyed: nothing may be started on it any more.
     static bool accepts_tasks(loop& l) noexcept { return !l.tasks_->destroying; }
+    // True while some thread runs the loop: then only that thread may touch its objects.
+    static bool is_running(loop& l) noexcept { return l.tasks_->running; }
 };
 
 }  // namespace netloop::detail

@@ -11,6 +11,7 @@
 #include <netloop/server.hpp>
 
 #include "logging.hpp"
+#include "loop_access.hpp"
 #include "server_state.hpp"
 
 namespace netloop {
@@ -91,7 +92,9 @@ void server_state::close() noexcept {
         std::lock_guard lock(linked_mutex_);
         for (auto& other : linked_) other->close();
     }
-    if (owner.executor().running_in_this_thread()) {
+    // On the loop's thread, or while no thread runs the loop (a server dropped before or after
+    // run()), closing here is safe and frees the port at once; otherwise the loop does it.
+    if (owner.executor().running_in_this_thread() || !loop_access::is_running(owner)) {
         close_here();
     } else {
         try {

@@ -2,6 +2,7 @@
 // task_registry: the tasks spawned on a loop, each with its own cancellation signal.
 #pragma once
 
+#include <atomic>
 #include <cstddef>
 #include <memory>
 
@@ -65,6 +66,8 @@ public:
     bool draining = false;
     // Set by ~loop: the io_context is going away, nothing may be spawned on it.
     bool destroying = false;
+    // A thread is inside the loop's run(): other threads must post to it, not touch it.
+    std::atomic<bool> running{false};
 
 private:
     entry* head_ = nullptr;

@@ -20,7 +20,7 @@ namespace netloop {
 namespace detail {
 struct server_state;
 struct server_access;
-}
+}  // namespace detail
 
 class server;
 
@@ -49,17 +49,6 @@ public:
 
 private:
     friend class server;
-
-    /// What a server has done so far. A snapshot; cheap enough to take per request.
-    struct server_stats {
-        std::uint64_t accepted = 0;       ///< connections accepted (rejected ones included)
-        std::uint64_t rejected = 0;       ///< accepted and closed at once by a limit
-        std::uint64_t active = 0;         ///< connections open now
-        std::uint64_t peak_active = 0;    ///< the most that were open at once
-        std::uint64_t bytes_read = 0;     ///< bytes read from all connections
-        std::uint64_t bytes_written = 0;  ///< bytes written to all connections
-        std::uint64_t accept_errors = 0;  ///< failed accept attempts (EMFILE, ECONNABORTED, ...)
-    };
     explicit connection_stream(std::shared_ptr<detail::server_state> state) noexcept;
     std::shared_ptr<detail::server_state> state_;
 };

@@ -22,9 +22,10 @@ class child_process {
 public:
     // Starts `argv[0]` with the given arguments; stdout is a pipe read by read_line(), stderr
     // goes to `stderr_path` if given (else inherited). Extra environment as "NAME=value".
+    // `in_child` runs in the child just before exec (async-signal-safe calls only).
     explicit child_process(const std::vector<std::string>& argv,
                            const std::vector<std::string>& env = {},
-                           const std::string& stderr_path = {}) {
+                           const std::string& stderr_path = {}, void (*in_child)() = nullptr) {
         int fds[2];
         if (::pipe2(fds, O_CLOEXEC) != 0) throw std::runtime_error("pipe failed");
         pid_ = ::fork();
@@ -36,6 +37,7 @@ public:
                 if (err >= 0) ::dup2(err, STDERR_FILENO);
             }
             for (const auto& e : env) ::putenv(const_cast<char*>(e.c_str()));
+            if (in_child != nullptr) in_child();
             std::vector<char*> args;
             for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
             args.push_back(nullptr);

@@ -1,0 +1,302 @@
+// SPDX-License-Identifier: MIT
+// samples/daemon under systemd's protocols: socket activation by the real
+// systemd-socket-activate, readiness and watchdog on a NOTIFY_SOCKET the test owns, bad
+// activation environments, and a restart that hands the socket over without losing a client.
+#include <atomic>
+#include <csignal>
+#include <cstdlib>
+#include <fcntl.h>
+#include <fstream>
+#include <sstream>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <thread>
+#include <unistd.h>
+
+#include <netloop/netloop.hpp>
+
+#include "support/bounded.hpp"
+#include "support/catch.hpp"
+#include "support/loopback.hpp"
+#include "support/process.hpp"
+
+using namespace std::chrono_literals;
+using netloop::address;
+using netloop::task;
+using netloop::test::child_process;
+using netloop::test::run_bounded;
+
+namespace {
+
+struct temp_dir {
+    temp_dir() {
+        char pattern[] = "/tmp/netloop-activation-XXXXXX";
+        path = ::mkdtemp(pattern);
+    }
+    ~temp_dir() { std::system(("rm -rf '" + path + "'").c_str()); }
+    std::string path;
+};
+
+std::string slurp(const std::string& path) {
+    std::ifstream in(path);
+    std::stringstream ss;
+    ss << in.rdbuf();
+    return ss.str();
+}
+
+// Waits (bounded) until the file holds `text`.
+bool wait_for_text(const std::string& path, const std::string& text,
+                   std::chrono::milliseconds limit = 10s) {
+    auto until = std::chrono::steady_clock::now() + limit;
+    while (std::chrono::steady_clock::now() < until) {
+        if (slurp(path).find(text) != std::string::npos) return true;
+        std::this_thread::sleep_for(10ms);
+    }
+    return false;
+}
+
+// One echo of `size` bytes to 127.0.0.1:port; true if byte-exact.
+bool echo_once(std::uint16_t port, std::size_t size = 1000) {
+    return run_bounded([&]() -> task<bool> {
+        auto c = co_await netloop::connect(address::ipv4("127.0.0.1", port), 5s);
+        auto msg = netloop::test::pattern(size, 4);
+        co_await c.write(msg, 5s);
+        auto back = co_await netloop::test::read_n(c, size);
+        co_return back == msg;
+    });
+}
+
+// A datagram socket at `path` (or an abstract name if it starts with '@'), as a NOTIFY_SOCKET.
+class notify_listener {
+public:
+    explicit notify_listener(const std::string& name) {
+        fd_ = ::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+        sockaddr_un addr{};
+        addr.sun_family = AF_UNIX;
+        std::memcpy(addr.sun_path, name.data(), name.size());
+        if (name[0] == '@') addr.sun_path[0] = '\0';
+        auto len = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + name.size());
+        bound_ = ::bind(fd_, reinterpret_cast<sockaddr*>(&addr), len) == 0;
+    }
+    ~notify_listener() { ::close(fd_); }
+    notify_listener(const notify_listener&) = delete;
+    notify_listener& operator=(const notify_listener&) = delete;
+
+    [[nodiscard]] bool bound() const { return bound_; }
+
+    // The next message within `limit`, or empty.
+    std::string next(std::chrono::milliseconds limit) {
+        pollfd p{fd_, POLLIN, 0};
+        if (::poll(&p, 1, static_cast<int>(limit.count())) <= 0) return {};
+        char buf[512];
+        auto n = ::recv(fd_, buf, sizeof buf, 0);
+        return n > 0 ? std::string(buf, static_cast<std::size_t>(n)) : std::string();
+    }
+
+    // Waits for `state`, skipping others (watchdog keep-alives); false after `limit`.
+    bool wait_for(const std::string& state, std::chrono::milliseconds limit = 10s) {
+        auto until = std::chrono::steady_clock::now() + limit;
+        for (;;) {
+            auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+                until - std::chrono::steady_clock::now());
+            if (left.count() <= 0) return false;
+            if (next(left) == state) return true;
+        }
+    }
+
+private:
+    int fd_ = -1;
+    bool bound_ = false;
+};
+
+// A port that was free a moment ago: systemd-socket-activate takes no port 0, so the test asks
+// the kernel for one, releases it and passes it on (retried if someone took it meanwhile).
+std::uint16_t free_port() {
+    auto s = netloop::server::listen(address::parse("127.0.0.1:0"));
+    return s.local_port();
+}
+
+void set_listen_pid_to_self() {
+    char text[32] = "LISTEN_PID=";
+    char digits[16];
+    int n = 0;
+    for (long pid = ::getpid(); pid > 0; pid /= 10) digits[n++] = static_cast<char>('0' + pid % 10);
+    int at = 11;
+    while (n > 0) text[at++] = digits[--n];
+    text[at] = '\0';
+    static char env_entry[32];
+    std::memcpy(env_entry, text, sizeof text);
+    ::putenv(env_entry);
+}
+
+void fd3_is_a_file_and_listen_pid_is_self() {
+    int fd = ::open("/dev/null", O_RDONLY);
+    ::dup2(fd, 3);
+    set_listen_pid_to_self();
+}
+
+}  // namespace
+
+TEST_CASE("the daemon serves a socket passed by systemd-socket-activate and never binds",
+          "[activation]") {
+    temp_dir dir;
+    std::uint16_t port = 0;
+    std::unique_ptr<child_process> daemon;
+    for (int attempt = 0; attempt < 3 && !daemon; ++attempt) {
+        port = free_port();
+        auto err = dir.path + "/activate.err";
+        auto p = std::make_unique<child_process>(
+            std::vector<std::string>{"/usr/bin/systemd-socket-activate", "-l",
+                                     "127.0.0.1:" + std::to_string(port),
+                                     netloop::test::sample_path("daemon"), "--log-level", "debug"},
+            std::vector<std::string>{}, err);
+        if (wait_for_text(err, "Listening on")) daemon = std::move(p);
+    }
+    REQUIRE(daemon);
+    // The activator starts the daemon on the first connection, which the daemon then serves.
+    CHECK(echo_once(port, 100000));
+    CHECK(daemon->announced_port() == port);
+    CHECK(wait_for_text(dir.path + "/activate.err",
+                        "adopted fd 3 (127.0.0.1:" + std::to_string(port)));
+    CHECK(echo_once(port));
+    daemon->signal(SIGTERM);
+    CHECK(daemon->exited_with(0, 15s));
+}
+
+TEST_CASE("the daemon reports READY=1, WATCHDOG=1 twice a second, and STOPPING=1",
+          "[activation][notify]") {
+    temp_dir dir;
+    auto kind = GENERATE(as<std::string>{}, "path", "abstract");
+    CAPTURE(kind);
+    std::string name =
+        kind == "path" ? dir.path + "/notify.sock" : "@netloop-test-" + std::to_string(::getpid());
+    notify_listener notifications(name);
+    REQUIRE(notifications.bound());
+    child_process daemon({netloop::test::sample_path("daemon"), "127.0.0.1:0"},
+                         {"NOTIFY_SOCKET=" + name, "WATCHDOG_USEC=200000"});
+    auto port = daemon.announced_port();
+    REQUIRE(port != 0);
+    CHECK(notifications.wait_for("READY=1"));
+    // Keep-alives every 100 ms: at least two in one second (a generous bound on a wait).
+    int keepalives = 0;
+    auto until = std::chrono::steady_clock::now() + 1s;
+    while (std::chrono::steady_clock::now() < until) {
+        auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+            until - std::chrono::steady_clock::now());
+        if (notifications.next(std::max(left, 1ms)) == "WATCHDOG=1") ++keepalives;
+    }
+    CHECK(keepalives >= 2);
+    CHECK(echo_once(port));
+    daemon.signal(SIGTERM);
+    CHECK(notifications.wait_for("STOPPING=1"));
+    CHECK(daemon.exited_with(0, 15s));
+}
+
+TEST_CASE("a bad activation environment is a clear error and exit status 1", "[activation]") {
+    temp_dir dir;
+    auto err = dir.path + "/daemon.err";
+    SECTION("LISTEN_PID of another process") {
+        child_process daemon({netloop::test::sample_path("daemon"), "127.0.0.1:0"},
+                             {"LISTEN_FDS=1", "LISTEN_PID=1"}, err);
+        CHECK(daemon.exited_with(1, 10s));
+        CHECK(slurp(err).find("LISTEN_PID=1 is not this process") != std::string::npos);
+    }
+    SECTION("an fd that is not a socket") {
+        child_process daemon({netloop::test::sample_path("daemon"), "127.0.0.1:0"},
+                             {"LISTEN_FDS=1"}, err, fd3_is_a_file_and_listen_pid_is_self);
+        CHECK(daemon.exited_with(1, 10s));
+        CHECK(slurp(err).find("fd 3 is not a socket") != std::string::npos);
+    }
+    SECTION("LISTEN_FDNAMES that does not match LISTEN_FDS") {
+        child_process daemon({netloop::test::sample_path("daemon"), "127.0.0.1:0"},
+                             {"LISTEN_FDS=2", "LISTEN_FDNAMES=web"}, err, set_listen_pid_to_self);
+        CHECK(daemon.exited_with(1, 10s));
+        CHECK(slurp(err).find("LISTEN_FDNAMES names 1 sockets, LISTEN_FDS 2") != std::string::npos);
+    }
+}
+
+TEST_CASE("SIGUSR2 hands the socket to a new process: no client refused, reset or corrupted",
+          "[activation][restart]") {
+    // The successor outlives its parent; as a subreaper, this process gets to reap it.
+    REQUIRE(::prctl(PR_SET_CHILD_SUBREAPER, 1) == 0);
+    temp_dir dir;
+    auto err = dir.path + "/daemon.err";
+    child_process daemon({netloop::test::sample_path("daemon"), "127.0.0.1:0"}, {}, err);
+    auto port = daemon.announced_port();
+    REQUIRE(port != 0);
+
+    // 20 clients connect, echo and close in a loop on their own thread and loop.
+    std::atomic<bool> stop{false};
+    std::atomic<int> ok{0};
+    std::atomic<int> failed{0};
+    std::string first_failure;
+    std::thread clients([&] {
+        netloop::loop l;
+        netloop::run(
+            [&]() -> task<> {
+                int running = 20;
+                for (int i = 0; i < 20; ++i) {
+                    netloop::spawn([](std::uint16_t p, unsigned seed, std::atomic<bool>& stop,
+                                      std::atomic<int>& ok, std::atomic<int>& failed,
+                                      std::string& why, int& running) -> task<> {
+                        for (unsigned round = 0; !stop; ++round) {
+                            try {
+                                auto c =
+                                    co_await netloop::connect(address::ipv4("127.0.0.1", p), 5s);
+                                auto msg = netloop::test::pattern(2000 + (seed * 31 + round) % 6000,
+                                                                  seed + round);
+                                co_await c.write(msg, 5s);
+                                auto back = co_await netloop::test::read_n(c, msg.size(), 5s);
+                                if (back == msg) {
+                                    ++ok;
+                                } else {
+                                    ++failed;
+                                }
+                            } catch (const std::exception& e) {
+                                if (failed++ == 0) why = e.what();
+                            }
+                        }
+                        --running;
+                    }(port, static_cast<unsigned>(i), stop, ok, failed, first_failure, running));
+                }
+                while (running > 0) co_await netloop::test::sleep_for(5ms);
+            },
+            netloop::run_options{.cancel_on_signal = false}, l);
+    });
+
+    auto wait_ok = [&](int at_least) {
+        auto until = std::chrono::steady_clock::now() + 20s;
+        while (ok < at_least && std::chrono::steady_clock::now() < until) {
+            std::this_thread::sleep_for(5ms);
+        }
+        return ok >= at_least;
+    };
+    CHECK(wait_ok(200));
+    daemon.signal(SIGUSR2);
+    bool old_exited = daemon.exited_with(0, 20s);
+    int at_handover = ok;
+    CHECK(wait_ok(at_handover + 200));  // the successor serves on
+    stop = true;
+    clients.join();
+
+    CHECK(old_exited);
+    CHECK(failed == 0);
+    CAPTURE(first_failure);
+    auto log = slurp(err);
+    auto at = log.find("handed over to pid ");
+    REQUIRE(at != std::string::npos);
+    pid_t successor = static_cast<pid_t>(std::stol(log.substr(at + 19)));
+    CHECK(daemon.read_line(5s) == "listening on 127.0.0.1:" + std::to_string(port));
+    CHECK(echo_once(port));
+    ::kill(successor, SIGTERM);
+    int status = -1;
+    auto until = std::chrono::steady_clock::now() + 15s;
+    while (::waitpid(successor, &status, WNOHANG) == 0 &&
+           std::chrono::steady_clock::now() < until) {
+        std::this_thread::sleep_for(10ms);
+    }
+    CHECK(WIFEXITED(status));
+    CHECK(WEXITSTATUS(status) == 0);
+}
