@@ -12,7 +12,8 @@
 // never binds; with NOTIFY_SOCKET it reports READY=1 once listening, STOPPING=1 when the drain
 // begins, and WATCHDOG=1 keep-alives when WATCHDOG_USEC asks for them. SIGUSR2 restarts without
 // dropping a connection: a new copy of the program inherits the listening socket through the
-// same LISTEN_FDS protocol, and once it is ready this one stops accepting and drains.
+// same LISTEN_FDS protocol, and once it is ready this one stops accepting and drains. SIGUSR1
+// logs the server's stats at info level.
 #include <charconv>
 #include <climits>
 #include <csignal>
@@ -159,6 +160,23 @@ netloop::task<> restart_on_sigusr2(netloop::server& server, std::vector<std::str
     }
 }
 
+void log_stats(const netloop::server& server, const std::shared_ptr<spdlog::logger>& log) {
+    auto s = server.stats();
+    log->info(
+        "stats: accepted={} rejected={} active={} peak_active={} bytes_read={} "
+        "bytes_written={} accept_errors={}",
+        s.accepted, s.rejected, s.active, s.peak_active, s.bytes_read, s.bytes_written,
+        s.accept_errors);
+}
+
+netloop::task<> stats_on_sigusr1(netloop::server& server, std::shared_ptr<spdlog::logger> log) {
+    netloop::signal_stream signals({SIGUSR1});
+    for (;;) {
+        (void)co_await signals.next();
+        log_stats(server, log);
+    }
+}
+
 std::string self_path(const char* argv0) {
     std::array<char, PATH_MAX> buf{};
     auto n = ::readlink("/proc/self/exe", buf.data(), buf.size() - 1);
@@ -193,11 +211,11 @@ int main(int argc, char** argv) {
             std::vector<std::string> args{self_path(argv[0])};
             for (int i = 1; i < argc; ++i) args.emplace_back(argv[i]);
             netloop::spawn(restart_on_sigusr2(server, args, log));
+            netloop::spawn(stats_on_sigusr1(server, log));
             cfg.serve.on_drain = [] { netloop::notify_stopping(); };
             co_await server.serve(echo, cfg.serve);
-            auto s = server.stats();
-            log->info("stopped: {} accepted, {} rejected, {} bytes in, {} bytes out", s.accepted,
-                      s.rejected, s.bytes_read, s.bytes_written);
+            log_stats(server, log);
+            log->info("stopped");
         });
     } catch (const std::exception& e) {
         log->error("{}", e.what());
