@@ -1,0 +1,280 @@
+// SPDX-License-Identifier: MIT
+// samples/daemon as a real process: flags validated, echo, drain on SIGTERM, a second SIGTERM.
+#include <cerrno>
+#include <chrono>
+#include <csignal>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <unistd.h>
+#include <vector>
+
+#include <netloop/netloop.hpp>
+
+#include "support/bounded.hpp"
+#include "support/catch.hpp"
+#include "support/loopback.hpp"
+#include "support/process.hpp"
+#include "support/serve_helpers.hpp"
+
+using namespace std::chrono_literals;
+using netloop::address;
+using netloop::errc;
+using netloop::task;
+using netloop::test::child_process;
+using netloop::test::eventually;
+using netloop::test::failure_of;
+using netloop::test::kind_of;
+using netloop::test::pattern;
+using netloop::test::read_n;
+using netloop::test::run_bounded;
+
+namespace {
+
+using steady = std::chrono::steady_clock;
+
+// A fresh file for a child's stderr, removed when the test ends.
+class temp_file {
+public:
+    temp_file() {
+        auto tmpl = (std::filesystem::temp_directory_path() / "netloop-daemon-XXXXXX").string();
+        int fd = ::mkstemp(tmpl.data());
+        if (fd >= 0) ::close(fd);
+        path_ = tmpl;
+    }
+    ~temp_file() { ::unlink(path_.c_str()); }
+    temp_file(const temp_file&) = delete;
+    temp_file& operator=(const temp_file&) = delete;
+
+    [[nodiscard]] const std::string& path() const noexcept { return path_; }
+
+    [[nodiscard]] std::string contents() const {
+        std::ifstream in(path_);
+        std::stringstream ss;
+        ss << in.rdbuf();
+        return ss.str();
+    }
+
+private:
+    std::string path_;
+};
+
+// The daemon on 127.0.0.1:0 with `flags`, its stderr in `err`.
+std::vector<std::string> daemon_args(const std::vector<std::string>& flags) {
+    std::vector<std::string> argv{netloop::test::sample_path("daemon"), "127.0.0.1:0"};
+    argv.insert(argv.end(), flags.begin(), flags.end());
+    return argv;
+}
+
+// Connects to `to` until the connect is refused (the daemon has stopped listening), for at most
+// 10 s; a connect that still succeeds is closed at once. True if refused.
+task<bool> refused_soon(address to) {
+    auto until = steady::now() + 10s;
+    while (steady::now() < until) {
+        auto [kind, sys] = co_await failure_of(netloop::connect(to, 5s));
+        if (kind == errc::connect_failed && sys == ECONNREFUSED) co_return true;
+        co_await netloop::test::sleep_for(10ms);
+    }
+    co_return false;
+}
+
+task<std::string> echo_once(netloop::connection& c, std::string_view msg) {
+    co_await c.write(msg, 5s);
+    auto back = co_await read_n(c, msg.size(), 5s);
+    co_return netloop::test::text(back);
+}
+
+}  // namespace
+
+TEST_CASE("daemon rejects a bad flag or value with exit status 2 and a message naming it",
+          "[samples][daemon]") {
+    struct bad_usage {
+        std::vector<std::string> args;
+        std::string named;  // what stderr must mention
+    };
+    const std::vector<bad_usage> cases{
+        {{"127.0.0.1:0", "--max-connections", "-1"}, "--max-connections"},
+        {{"127.0.0.1:0", "--idle-timeout", "x"}, "--idle-timeout"},
+        {{"127.0.0.1:0", "--bogus", "1"}, "--bogus"},
+        {{"127.0.0.1:0", "--on-limit", "maybe"}, "maybe"},
+        {{"300.1.1.1:80"}, "300.1.1.1:80"},
+    };
+    auto index = GENERATE(range(0, 5));
+    const auto& c = cases[static_cast<std::size_t>(index)];
+    temp_file err;
+    std::vector<std::string> argv{netloop::test::sample_path("daemon")};
+    argv.insert(argv.end(), c.args.begin(), c.args.end());
+    child_process daemon(argv, {}, err.path());
+    auto status = daemon.wait(10s);
+    auto text = err.contents();
+    CAPTURE(c.args, text);
+    REQUIRE(status);
+    CHECK(WIFEXITED(*status));
+    CHECK(WEXITSTATUS(*status) == 2);
+    CHECK(text.find(c.named) != std::string::npos);
+    CHECK(text.find("usage:") != std::string::npos);
+}
+
+TEST_CASE("daemon echoes bytes exactly and exits 0 on SIGTERM", "[samples][daemon]") {
+    temp_file err;
+    child_process daemon(daemon_args({}), {}, err.path());
+    auto port = daemon.announced_port();
+    REQUIRE(port != 0);
+    auto sent = pattern(std::size_t{256} << 10, 4);
+    auto received = run_bounded([&]() -> task<std::vector<std::byte>> {
+        auto c = co_await netloop::connect(address::ipv4("127.0.0.1", port), 5s);
+        netloop::spawn([](netloop::connection& conn, std::span<const std::byte> b) -> task<> {
+            co_await conn.write(b, 10s);
+        }(c, sent));
+        co_return co_await read_n(c, sent.size());
+    });
+    bool byte_exact = received == sent;
+    CHECK(byte_exact);
+    daemon.signal(SIGTERM);
+    CAPTURE(err.contents());
+    CHECK(daemon.exited_with(0, 10s));
+}
+
+TEST_CASE(
+    "on SIGTERM the daemon stops accepting but lets a client in mid-echo finish, then "
+    "exits 0",
+    "[samples][daemon]") {
+    temp_file err;
+    child_process daemon(daemon_args({}), {}, err.path());
+    auto port = daemon.announced_port();
+    REQUIRE(port != 0);
+    constexpr std::size_t half = std::size_t{1} << 20;
+    auto sent = pattern(2 * half, 6);
+    struct result {
+        bool refused = false;
+        bool running_after_echo = false;
+        bool byte_exact = false;
+    };
+    auto r = run_bounded([&]() -> task<result> {
+        result r;
+        auto to = address::ipv4("127.0.0.1", port);
+        auto c = co_await netloop::connect(to, 5s);
+        auto first = std::span<const std::byte>(sent).first(half);
+        auto second = std::span<const std::byte>(sent).subspan(half);
+        co_await c.write(first, 10s);
+        auto received = co_await read_n(c, half / 2);  // half of the first half is in flight
+        daemon.signal(SIGTERM);
+        r.refused = co_await refused_soon(to);
+        co_await c.write(second, 10s);
+        auto rest = co_await read_n(c, sent.size() - received.size());
+        received.insert(received.end(), rest.begin(), rest.end());
+        r.byte_exact = received == sent;
+        r.running_after_echo = !daemon.wait(0ms);
+        c.close();
+        co_return r;
+    });
+    CAPTURE(err.contents());
+    CHECK(r.refused);
+    CHECK(r.byte_exact);
+    CHECK(r.running_after_echo);
+    CHECK(daemon.exited_with(0, 10s));
+}
+
+TEST_CASE("with --drain-timeout 0.5 the daemon cuts a client that never closes and exits 0",
+          "[samples][daemon]") {
+    temp_file err;
+    child_process daemon(daemon_args({"--drain-timeout", "0.5"}), {}, err.path());
+    auto port = daemon.announced_port();
+    REQUIRE(port != 0);
+    struct result {
+        std::string echo;
+        errc client_end{};
+        bool exited = false;
+        steady::duration signal_to_exit{};
+    };
+    auto r = run_bounded([&]() -> task<result> {
+        result r;
+        auto c = co_await netloop::connect(address::ipv4("127.0.0.1", port), 5s);
+        r.echo = co_await echo_once(c, "hi");
+        auto signalled = steady::now();
+        daemon.signal(SIGTERM);
+        std::array<std::byte, 1> buf;
+        r.client_end = co_await kind_of(c.read(buf, 10s));  // still connected, never closes
+        auto exited = [&] { return daemon.wait(0ms).has_value(); };
+        r.exited = co_await eventually(exited, 10s);
+        r.signal_to_exit = steady::now() - signalled;
+        co_return r;
+    });
+    CAPTURE(err.contents());
+    CHECK(r.echo == "hi");
+    CHECK(r.client_end == errc::connection_closed);
+    REQUIRE(r.exited);
+    CHECK(daemon.exited_with(0, 0ms));
+    CAPTURE(std::chrono::duration_cast<std::chrono::milliseconds>(r.signal_to_exit).count());
+    CHECK(r.signal_to_exit < 5500ms);  // a generous bound on the 0.5 s drain
+}
+
+TEST_CASE(
+    "a second SIGTERM during the drain makes the daemon exit at once, well before its 10 s "
+    "drain_timeout",
+    "[samples][daemon]") {
+    temp_file err;
+    child_process daemon(daemon_args({}), {}, err.path());  // drain_timeout: the default 10 s
+    auto port = daemon.announced_port();
+    REQUIRE(port != 0);
+    struct result {
+        std::string echo;
+        bool refused = false;
+        bool exited = false;
+        steady::duration second_to_exit{};
+    };
+    auto r = run_bounded([&]() -> task<result> {
+        result r;
+        auto to = address::ipv4("127.0.0.1", port);
+        auto c = co_await netloop::connect(to, 5s);
+        r.echo = co_await echo_once(c, "idle from now on");
+        daemon.signal(SIGTERM);
+        r.refused = co_await refused_soon(to);  // the drain has begun
+        auto second = steady::now();
+        daemon.signal(SIGTERM);
+        auto exited = [&] { return daemon.wait(0ms).has_value(); };
+        r.exited = co_await eventually(exited, 9s);
+        r.second_to_exit = steady::now() - second;
+        co_return r;
+    });
+    CAPTURE(err.contents());
+    CHECK(r.echo == "idle from now on");
+    CHECK(r.refused);
+    REQUIRE(r.exited);
+    CHECK(daemon.exited_with(0, 0ms));
+    CAPTURE(std::chrono::duration_cast<std::chrono::milliseconds>(r.second_to_exit).count());
+    CHECK(r.second_to_exit < 5s);  // a bound on "promptly", half the drain_timeout
+}
+
+TEST_CASE("daemon --max-connections 1 --on-limit reject closes a second client at once",
+          "[samples][daemon]") {
+    temp_file err;
+    child_process daemon(daemon_args({"--max-connections", "1", "--on-limit", "reject"}), {},
+                         err.path());
+    auto port = daemon.announced_port();
+    REQUIRE(port != 0);
+    struct result {
+        std::string first_echo;
+        errc second_end{};
+        std::string first_again;
+    };
+    auto r = run_bounded([&]() -> task<result> {
+        result r;
+        auto to = address::ipv4("127.0.0.1", port);
+        auto first = co_await netloop::connect(to, 5s);
+        r.first_echo = co_await echo_once(first, "one");
+        auto second = co_await netloop::connect(to, 5s);
+        std::array<std::byte, 1> buf;
+        r.second_end = co_await kind_of(second.read(buf, 5s));
+        r.first_again = co_await echo_once(first, "still one");
+        co_return r;
+    });
+    CHECK(r.first_echo == "one");
+    CHECK(r.second_end == errc::connection_closed);
+    CHECK(r.first_again == "still one");
+    daemon.signal(SIGTERM);
+    CAPTURE(err.contents());
+    CHECK(daemon.exited_with(0, 10s));
+}
