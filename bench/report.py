@@ -190,6 +190,12 @@ def goal_text(op, goal, absolute=False):
     return f"{sym} {fmt(goal)} B" if absolute else f"{sym} {goal:.2f}×"
 
 
+def skipped_text(args):
+    if not args.skipped:
+        return ""
+    return f" ({args.skipped} configuration-repeat(s) skipped to keep the run under 10 minutes)"
+
+
 def read_notes(path):
     notes = {}
     if path and os.path.exists(path):
@@ -217,8 +223,10 @@ def echo_section(args, runs, notes):
     out.append(f"Machine: {args.machine}  ")
     out.append(f"Each run: a fresh server pinned to one CPU, `bench/load` pinned to the other; "
                f"{args.warmup} s warm-up, then a {args.seconds} s window (idle: open, one echo each, "
-               f"hold 0.5 s). Servers alternate A B C … A B C …, {args.repeats} repeats of each "
-               f"configuration.  ")
+               f"hold 0.5 s). {args.repeats} repeats{skipped_text(args)}: repeat 1 runs every "
+               f"configuration, then repeat 2 …; within a configuration the servers run one after "
+               f"the other (A B C, A B C, …), so repeat i of netloop and of a baseline are "
+               f"neighbours in time.  ")
     out.append(f"Other processes kept {args.busy_before} CPUs busy just before the run (0 on a "
                "quiet machine).  ")
     out.append("Cells: median of the repeats <sub>(min–max)</sub>. Ratios: ratio of the medians "
@@ -397,8 +405,8 @@ def kv_section(args, runs, notes):
     out.append(f"Machine: {args.machine}  ")
     out.append("Both servers pinned to one CPU, `redis-benchmark -t TEST -c 50 -n 200000 -P N "
                "--csv` pinned to the other, one test at a time, servers alternating, "
-               f"{args.repeats} repeats. redis-server runs with `--save '' --appendonly no` on a "
-               "loopback port. Server CPU per request: on-CPU time "
+               f"{args.repeats} repeats{skipped_text(args)}. redis-server runs with "
+               "`--save '' --appendonly no` on a loopback port. Server CPU per request: on-CPU time "
                "(`/proc/<pid>/task/*/schedstat`) over the benchmark run ÷ 200,000 (utime+stime from "
                "`/proc/<pid>/stat` is in the raw lines). Cells: median <sub>(min–max)</sub>.  ")
     out.append(f"Other processes kept {args.busy_before} CPUs busy just before the run (0 on a quiet "
@@ -499,6 +507,7 @@ def main():
     p.add_argument("--have-kv", type=int, default=1)
     p.add_argument("--workdir", default=".")
     p.add_argument("--busy-before", default="?")
+    p.add_argument("--skipped", type=int, default=0)
     args = p.parse_args()
     runs = [r for r in parse_raw(args.raw) if r.get("suite") == args.suite]
     notes = read_notes(args.notes)
