@@ -2,7 +2,12 @@
 // connection: reads and writes with per-call deadlines, connect().
 #include <algorithm>
 #include <cerrno>
+#include <charconv>
 #include <cstdint>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <optional>
+#include <sys/socket.h>
 
 #include <asio/write.hpp>
 
@@ -431,6 +436,44 @@ const address& connection::remote_address() const noexcept { return impl_->remot
 
 const address& connection::local_address() const noexcept { return impl_->local; }
 
+namespace {
+
+void set_int_option(detail::connection_impl& c, int level, int name, int value, const char* what) {
+    if (::setsockopt(c.socket.native_handle(), level, name, &value, sizeof value) != 0) {
+        throw error(errc::option_failed, std::string(what) + " " + c.remote.to_string(), errno);
+    }
+}
+
+int whole_seconds(duration d) {
+    auto s = std::chrono::ceil<std::chrono::seconds>(d).count();
+    return static_cast<int>(std::clamp<std::int64_t>(s, 1, 32767));
+}
+
+}  // namespace
+
+void connection::set_no_delay(bool on) {
+    set_int_option(*impl_, IPPROTO_TCP, TCP_NODELAY, on ? 1 : 0, "TCP_NODELAY");
+}
+
+void connection::set_keep_alive(bool on, duration idle, duration interval, int count) {
+    set_int_option(*impl_, SOL_SOCKET, SO_KEEPALIVE, on ? 1 : 0, "SO_KEEPALIVE");
+    if (!on) return;
+    if (count < 1) throw error(errc::invalid_argument, "SO_KEEPALIVE (probe count < 1)");
+    set_int_option(*impl_, IPPROTO_TCP, TCP_KEEPIDLE, whole_seconds(idle), "TCP_KEEPIDLE");
+    set_int_option(*impl_, IPPROTO_TCP, TCP_KEEPINTVL, whole_seconds(interval), "TCP_KEEPINTVL");
+    set_int_option(*impl_, IPPROTO_TCP, TCP_KEEPCNT, count, "TCP_KEEPCNT");
+}
+
+void connection::set_buffer_sizes(int send_bytes, int receive_bytes) {
+    if (send_bytes < 0 || receive_bytes < 0) {
+        throw error(errc::invalid_argument, "buffer sizes (negative)");
+    }
+    if (send_bytes > 0) set_int_option(*impl_, SOL_SOCKET, SO_SNDBUF, send_bytes, "SO_SNDBUF");
+    if (receive_bytes > 0) {
+        set_int_option(*impl_, SOL_SOCKET, SO_RCVBUF, receive_bytes, "SO_RCVBUF");
+    }
+}
+
 asio::ip::tcp::socket& connection::socket() noexcept { return impl_->socket; }
 
 loop& connection::owner() const noexcept { return impl_->owner; }
@@ -460,6 +503,89 @@ task<connection> connect(const address& to, duration timeout, loop& l) {
     impl->local = address(impl->socket.local_endpoint(ec));
     detail::log(spdlog::level::debug, "connected to {}", impl->remote.to_string());
     co_return std::move(conn);
+}
+
+task<std::vector<address>> resolve(std::string_view host, std::uint16_t port, duration timeout,
+                                   loop& l) {
+    std::string name(host);
+    if (name.empty()) throw error(errc::resolve_failed, "resolve \"\" (empty name)");
+    // The resolver has no per-operation cancellation: the timer and a cancelled task both
+    // cancel the resolver as a whole. Shared with the handlers, which may run after we return.
+    struct lookup {
+        explicit lookup(asio::io_context& c) : resolver(c), limit(c) {}
+        asio::ip::tcp::resolver resolver;
+        asio::steady_timer limit;
+        bool timed_out = false;
+    };
+    auto job = std::make_shared<lookup>(l.context());
+    if (timeout != no_timeout) {
+        job->limit.expires_after(timeout);
+        job->limit.async_wait([job](const asio::error_code& ec) {
+            if (!ec) {
+                job->timed_out = true;
+                job->resolver.cancel();
+            }
+        });
+    }
+    auto state = co_await asio::this_coro::cancellation_state;
+    auto slot = state.slot();
+    if (slot.is_connected()) {
+        slot.assign([job](asio::cancellation_type) { job->resolver.cancel(); });
+    }
+    auto [ec, results] = co_await job->resolver.async_resolve(
+        name, std::to_string(port), asio::ip::resolver_base::numeric_service,
+        asio::bind_cancellation_slot(asio::cancellation_slot(), detail::use_tuple));
+    if (slot.is_connected()) slot.clear();
+    job->limit.cancel();
+    bool timed_out = job->timed_out;
+    if (ec == asio::error::operation_aborted) {
+        throw error(timed_out ? errc::timeout : errc::cancelled, "resolve " + name);
+    }
+    if (ec) {
+        throw error(errc::resolve_failed, "resolve " + name + " (" + ec.message() + ")",
+                    ec.category() == asio::system_category() ? ec.value() : 0);
+    }
+    std::vector<address> out;
+    for (const auto& entry : results) out.emplace_back(entry.endpoint());
+    if (out.empty()) throw error(errc::resolve_failed, "resolve " + name + " (no addresses)");
+    co_return out;
+}
+
+task<connection> connect(std::string_view host_and_port, duration timeout, loop& l) {
+    // An IP literal needs no resolver.
+    std::optional<address> literal;
+    try {
+        literal = address::parse(host_and_port);
+    } catch (const error&) {
+    }
+    if (literal) co_return co_await connect(*literal, timeout, l);
+
+    auto colon = host_and_port.rfind(':');
+    if (colon == std::string_view::npos || colon == 0) {
+        throw error(errc::invalid_address,
+                    "connect \"" + std::string(host_and_port) + "\" (expected host:port)");
+    }
+    auto port_text = host_and_port.substr(colon + 1);
+    unsigned port = 0;
+    auto [end, ec] = std::from_chars(port_text.data(), port_text.data() + port_text.size(), port);
+    if (ec != std::errc() || end != port_text.data() + port_text.size() || port > 65535 ||
+        port_text.empty()) {
+        throw error(errc::invalid_address,
+                    "connect \"" + std::string(host_and_port) + "\" (port must be 0 to 65535)");
+    }
+    auto until = detail::deadline_of(timeout);
+    auto candidates = co_await resolve(host_and_port.substr(0, colon),
+                                       static_cast<std::uint16_t>(port), timeout, l);
+    std::optional<error> last;
+    for (const auto& candidate : candidates) {
+        try {
+            co_return co_await connect(candidate, detail::remaining(until, timeout), l);
+        } catch (const error& e) {
+            if (e.kind() != errc::connect_failed) throw;
+            last = e;
+        }
+    }
+    throw *last;
 }
 
 }  // namespace netloop

@@ -275,22 +275,30 @@ task<pid_t> start_successor(std::vector<std::string> argv, std::vector<const ser
         throw error(errc::spawn_failed, "start successor: exec " + plan.argv[0], exec_errno);
     }
 
-    asio::steady_timer limit(executor, ready_timeout);
-    limit.async_wait([&ready](const asio::error_code& wait_ec) {
+    // Shared with the timer's handler, which may run after we return.
+    struct waiting {
+        waiting(asio::local::datagram_protocol::socket s, const asio::any_io_executor& e)
+            : socket(std::move(s)), limit(e) {}
+        asio::local::datagram_protocol::socket socket;
+        asio::steady_timer limit;
+    };
+    auto wait = std::make_shared<waiting>(std::move(ready), executor);
+    wait->limit.expires_after(ready_timeout);
+    wait->limit.async_wait([wait](const asio::error_code& wait_ec) {
         asio::error_code ignored;
-        if (!wait_ec) ready.cancel(ignored);
+        if (!wait_ec) wait->socket.cancel(ignored);
     });
     std::array<char, 512> message;
     bool is_ready = false;
     while (!is_ready) {
         auto [receive_ec, n] =
-            co_await ready.async_receive(asio::buffer(message), detail::use_tuple);
+            co_await wait->socket.async_receive(asio::buffer(message), detail::use_tuple);
         if (receive_ec) break;
         std::string_view text(message.data(), n);
         is_ready = text == "READY=1" || text.starts_with("READY=1\n") ||
                    text.find("\nREADY=1") != std::string_view::npos;
     }
-    limit.cancel();
+    wait->limit.cancel();
     if (!is_ready) {
         ::kill(pid, SIGKILL);
         ::waitpid(pid, nullptr, 0);

@@ -49,6 +49,10 @@ public:
                 return "socket activation failed";
             case errc::spawn_failed:
                 return "starting a successor failed";
+            case errc::resolve_failed:
+                return "name resolution failed";
+            case errc::option_failed:
+                return "setting a socket option failed";
         }
         return "unknown netloop error";
     }

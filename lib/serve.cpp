@@ -276,9 +276,11 @@ task<> server::serve(connection_handler handler, serve_options options) {
                 std::make_shared<loop_share>(w->l, common, std::make_shared<server_counters>());
             listener->add_counters(w->share->counters);
             if (options.balance == balance_mode::reuse_port) {
-                w->listener =
-                    open_listener(listener->local,
-                                  {.backlog = listener->backlog, .reuse_port = true}, false, w->l);
+                w->listener = open_listener(listener->local,
+                                            {.backlog = listener->backlog,
+                                             .reuse_port = true,
+                                             .v6_only = listener->v6_only},
+                                            w->l);
                 w->listener->counters = w->share->counters;
                 listener->link(w->listener);
             }

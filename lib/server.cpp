@@ -52,7 +52,7 @@ constexpr std::chrono::milliseconds max_backoff{1000};
 }  // namespace
 
 std::shared_ptr<server_state> open_listener(const address& at, const listen_options& options,
-                                            bool dual_stack, loop& l) {
+                                            loop& l) {
     if (options.backlog < 0) {
         throw error(errc::invalid_argument, "listen " + at.to_string() + " (negative backlog)");
     }
@@ -60,7 +60,7 @@ std::shared_ptr<server_state> open_listener(const address& at, const listen_opti
     asio::error_code ec;
     acceptor.open(at.endpoint().protocol(), ec);
     if (ec) throw error(errc::socket_creation_failed, "socket " + at.to_string(), ec.value());
-    if (at.is_v6()) acceptor.set_option(asio::ip::v6_only(!dual_stack), ec);
+    if (at.is_v6()) acceptor.set_option(asio::ip::v6_only(options.v6_only), ec);
     acceptor.set_option(asio::socket_base::reuse_address(true), ec);
     if (options.reuse_port) {
         int on = 1;
@@ -76,6 +76,7 @@ std::shared_ptr<server_state> open_listener(const address& at, const listen_opti
     auto state = std::make_shared<server_state>(l, std::move(acceptor));
     state->backlog = options.backlog;
     state->reuse_port = options.reuse_port;
+    state->v6_only = options.v6_only;
     return state;
 }
 
@@ -200,21 +201,20 @@ server::~server() { close(); }
 
 server server::listen(std::uint16_t port, int backlog, loop& l) {
     try {
-        return server(
-            detail::open_listener(address::ipv6("::", port), {.backlog = backlog}, true, l));
+        return server(detail::open_listener(address::ipv6("::", port),
+                                            {.backlog = backlog, .v6_only = false}, l));
     } catch (const error& e) {
         if (e.kind() != errc::socket_creation_failed || e.sys_errno() != EAFNOSUPPORT) throw;
     }
-    return server(
-        detail::open_listener(address::ipv4("0.0.0.0", port), {.backlog = backlog}, false, l));
+    return server(detail::open_listener(address::ipv4("0.0.0.0", port), {.backlog = backlog}, l));
 }
 
 server server::listen(const address& at, int backlog, loop& l) {
-    return server(detail::open_listener(at, {.backlog = backlog}, false, l));
+    return server(detail::open_listener(at, {.backlog = backlog}, l));
 }
 
 server server::listen(const address& at, const listen_options& options, loop& l) {
-    return server(detail::open_listener(at, options, false, l));
+    return server(detail::open_listener(at, options, l));
 }
 
 std::uint16_t server::local_port() const noexcept { return state_->local.port(); }

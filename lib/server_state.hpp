@@ -27,6 +27,7 @@ struct server_state : std::enable_shared_from_this<server_state> {
     std::atomic<bool> closed{false};
     int backlog = 128;
     bool reuse_port = false;
+    bool v6_only = true;
     std::shared_ptr<server_counters> counters = std::make_shared<server_counters>();
 
     // Accept back-off after EMFILE and friends: the current delay (zero when healthy).
@@ -57,7 +58,7 @@ struct server_access {
 
 // Makes a listening socket: non-blocking, SO_REUSEADDR (and SO_REUSEPORT if asked), bound.
 std::shared_ptr<server_state> open_listener(const address& at, const listen_options& options,
-                                            bool dual_stack, loop& l);
+                                            loop& l);
 
 // Accepts the next connection into a socket of `into` (another loop's io_context, for a
 // hand-off), with the back-off of connection_stream::next(); nullopt once closed or cancelled.

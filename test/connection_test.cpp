@@ -3,6 +3,9 @@
 // full duplex, connect().
 #include <cerrno>
 #include <csignal>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
 
 #include <asio/detached.hpp>
 
@@ -337,4 +340,76 @@ TEST_CASE("shutdown_write() sends EOF after the data already written", "[connect
         co_return got.size() == 3 && after == errc::connection_closed;
     });
     CHECK(ok);
+}
+
+TEST_CASE("connect(\"localhost:port\") resolves and connects", "[connection][resolve]") {
+    auto remote = run_bounded([]() -> task<address> {
+        auto s = netloop::server::listen(address::parse("127.0.0.1:0"));
+        auto text = "localhost:" + std::to_string(s.local_port());
+        auto c = co_await netloop::connect(std::string_view(text), 5s);
+        co_return c.remote_address();
+    });
+    CHECK(remote.host() == "127.0.0.1");
+}
+
+TEST_CASE("names that cannot resolve give resolve_failed, without a query leaving the machine",
+          "[connection][resolve]") {
+    // An empty name, and a label over 63 bytes, fail before any DNS query is built.
+    auto name = GENERATE(as<std::string>{}, "", std::string(64, 'a') + ".invalid");
+    CAPTURE(name);
+    auto [kind, message] = run_bounded([&]() -> task<std::pair<errc, std::string>> {
+        try {
+            (void)co_await netloop::resolve(name, 80, 5s);
+        } catch (const netloop::error& e) {
+            co_return std::pair<errc, std::string>{e.kind(), e.what()};
+        }
+        co_return std::pair<errc, std::string>{errc{}, ""};
+    });
+    CHECK(kind == errc::resolve_failed);
+    CHECK(message.find("resolve") != std::string::npos);
+}
+
+TEST_CASE("socket options are set on the connection's socket", "[connection][options]") {
+    auto values = run_bounded([]() -> task<std::vector<int>> {
+        auto pair = co_await netloop::test::make_pair();
+        auto& c = pair.server_side;
+        c.set_no_delay(true);
+        c.set_keep_alive(true, 30s, 5s, 3);
+        c.set_buffer_sizes(65536, 131072);
+        int fd = c.socket().native_handle();
+        auto get = [fd](int level, int name) {
+            int v = -1;
+            socklen_t len = sizeof v;
+            ::getsockopt(fd, level, name, &v, &len);
+            return v;
+        };
+        co_return std::vector<int>{get(IPPROTO_TCP, TCP_NODELAY),  get(SOL_SOCKET, SO_KEEPALIVE),
+                                   get(IPPROTO_TCP, TCP_KEEPIDLE), get(IPPROTO_TCP, TCP_KEEPINTVL),
+                                   get(IPPROTO_TCP, TCP_KEEPCNT),  get(SOL_SOCKET, SO_SNDBUF),
+                                   get(SOL_SOCKET, SO_RCVBUF)};
+    });
+    REQUIRE(values.size() == 7);
+    CHECK(values[0] == 1);
+    CHECK(values[1] == 1);
+    CHECK(values[2] == 30);
+    CHECK(values[3] == 5);
+    CHECK(values[4] == 3);
+    CHECK(values[5] >= 65536);
+    CHECK(values[6] >= 131072);
+}
+
+TEST_CASE("listen_options.v6_only decides whether [::] takes IPv4 clients",
+          "[connection][options]") {
+    auto v6_only = GENERATE(true, false);
+    CAPTURE(v6_only);
+    auto kind = run_bounded([&]() -> task<errc> {
+        auto s = netloop::server::listen(address::parse("[::]:0"), {.v6_only = v6_only});
+        try {
+            auto c = co_await netloop::connect(address::ipv4("127.0.0.1", s.local_port()), 5s);
+        } catch (const netloop::error& e) {
+            co_return e.kind();
+        }
+        co_return errc{};
+    });
+    CHECK(kind == (v6_only ? errc::connect_failed : errc{}));
 }

@@ -2,7 +2,9 @@
 // connection: one TCP stream, read and written by coroutines with per-call timeouts.
 #pragma once
 
+#include <chrono>
 #include <cstddef>
+#include <cstdint>
 #include <memory>
 #include <span>
 #include <string_view>
@@ -115,6 +117,21 @@ public:
     /// The local end's address.
     [[nodiscard]] const address& local_address() const noexcept;
 
+    /// TCP_NODELAY: send small writes at once instead of coalescing them (Nagle). Off by
+    /// default, as the kernel has it. Throws `error` with `errc::option_failed`.
+    void set_no_delay(bool on);
+
+    /// SO_KEEPALIVE with TCP_KEEPIDLE, TCP_KEEPINTVL and TCP_KEEPCNT: after `idle` without
+    /// traffic, probe every `interval`, and give up after `count` unanswered probes (pending
+    /// I/O then fails with `errc::connection_reset` or a read/write error). Off by default.
+    /// Throws `error` with `errc::option_failed`.
+    void set_keep_alive(bool on, duration idle = std::chrono::seconds(60),
+                        duration interval = std::chrono::seconds(10), int count = 6);
+
+    /// SO_SNDBUF and SO_RCVBUF (the kernel may round or double them; 0 leaves one as it is).
+    /// Throws `error` with `errc::option_failed`.
+    void set_buffer_sizes(int send_bytes, int receive_bytes);
+
     /// The socket, for options netloop does not wrap. Do not start I/O on it behind netloop.
     [[nodiscard]] asio::ip::tcp::socket& socket() noexcept;
 
@@ -132,6 +149,20 @@ private:
 /// fails, `errc::timeout` if it does not complete within `timeout`, `errc::cancelled` if the
 /// awaiting task is cancelled.
 [[nodiscard]] task<connection> connect(const address& to, duration timeout,
+                                       loop& l = loop::current());
+
+/// Resolves `host` (a name such as "localhost", or an IP literal) with Asio's resolver and
+/// returns its addresses with `port`, IPv6 and IPv4 as the system orders them.
+///
+/// Throws `error` with `errc::resolve_failed` (with the resolver's message) if the name does
+/// not resolve, `errc::timeout` after `timeout`, `errc::cancelled` if the awaiting task is
+/// cancelled; the lookup itself may finish in the background (getaddrinfo cannot be stopped).
+[[nodiscard]] task<std::vector<address>> resolve(std::string_view host, std::uint16_t port,
+                                                 duration timeout, loop& l = loop::current());
+
+/// Connects to `"host:port"` (a name or `[v6]`/v4 literal), trying each resolved address in
+/// turn; `timeout` bounds the whole call. Throws as `resolve()` and `connect()`.
+[[nodiscard]] task<connection> connect(std::string_view host_and_port, duration timeout,
                                        loop& l = loop::current());
 
 }  // namespace netloop

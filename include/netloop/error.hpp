@@ -30,6 +30,8 @@ enum class errc {
     protocol_error,              ///< a peer sent bytes that its protocol does not allow.
     activation_failed,           ///< the LISTEN_FDS environment is wrong; nothing was adopted.
     spawn_failed,                ///< a successor process could not be started or never got ready.
+    resolve_failed,              ///< a host name did not resolve (no such name, no resolver).
+    option_failed,               ///< a socket option could not be set.
 };
 
 /// The `"netloop"` error category.

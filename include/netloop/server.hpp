@@ -79,6 +79,9 @@ struct listen_options {
     /// SO_REUSEPORT: other sockets (of this user) may bind the same port; needed by
     /// `balance_mode::reuse_port`.
     bool reuse_port = false;
+    /// For an IPv6 address: IPV6_V6ONLY, set explicitly (never inherited from the system's
+    /// default). False makes `[::]` take IPv4 clients too.
+    bool v6_only = true;
 };
 
 /// How `serve()` runs connections. An aggregate: `{.max_connections = 1000, .idle_timeout = 30s}`.
