@@ -374,7 +374,7 @@ set style data histograms
 set style histogram clustered gap 1
 set style fill solid 0.85 border -1
 set boxwidth 0.9
-set key top left
+set key outside right top vertical
 set grid ytics
 set logscale y
 set xtics rotate by -15 scale 0
