@@ -17,9 +17,16 @@
 
 namespace netloop {
 
-// Concurrency hint 1: one thread runs the loop, so Asio skips the locking a pool needs, while
-// post() from other threads (server::close) stays safe.
-loop::loop() : tasks_(std::make_unique<detail::task_registry>()), context_(1) {}
+// One thread runs the loop and starts every I/O operation on its sockets, so Asio's locking of
+// per-socket reactor state is not needed (ASIO_CONCURRENCY_HINT_UNSAFE_IO); the scheduler and
+// descriptor registration stay locked, so post() from other threads (server::close, stop,
+// loop::post) is safe. A loop that other threads accept sockets into (the extra loops of a
+// hand_off serve()) keeps the reactor locks too.
+loop::loop() : loop(false) {}
+
+loop::loop(bool shared_reactor)
+    : tasks_(std::make_unique<detail::task_registry>()),
+      context_(shared_reactor ? 1 : ASIO_CONCURRENCY_HINT_UNSAFE_IO) {}
 
 loop::~loop() { tasks_->destroying = true; }
 

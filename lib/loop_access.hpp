@@ -2,6 +2,8 @@
 // What lib/ needs of a loop beyond its public API.
 #pragma once
 
+#include <memory>
+
 #include <netloop/loop.hpp>
 
 #include "task_registry.hpp"
@@ -9,6 +11,10 @@
 namespace netloop::detail {
 
 struct loop_access {
+    // A loop whose reactor other threads register sockets with (hand_off targets).
+    static std::unique_ptr<loop> make_shared_reactor() {
+        return std::unique_ptr<loop>(new loop(true));
+    }
     static task_registry& tasks(loop& l) noexcept { return *l.tasks_; }
     // False while the loop is being destroyed: nothing may be started on it any more.
     static bool accepts_tasks(loop& l) noexcept { return !l.tasks_->destroying; }

@@ -13,6 +13,7 @@
 
 #include "connection_impl.hpp"
 #include "logging.hpp"
+#include "loop_access.hpp"
 #include "server_state.hpp"
 #include "task_registry.hpp"
 
@@ -69,7 +70,7 @@ struct serve_common {
     connection_handler handler;
     serve_options options;
     admission limits;
-    std::shared_ptr<loop_share> main;
+    std::weak_ptr<loop_share> main;  // weak: the main share owns this, not the other way
     clock::time_point drain_until = clock::time_point::max();  // set before stop is posted
 };
 
@@ -135,7 +136,9 @@ task<> run_handler(std::shared_ptr<loop_share> s, connection conn, asio::ip::add
     --s->running;
     s->notify();
     // A serve() paused at max_connections waits on the main loop.
-    if (auto main = s->common->main; main != s) main->owner.post([main] { main->notify(); });
+    if (auto main = s->common->main.lock(); main && main != s) {
+        main->owner.post([main] { main->notify(); });
+    }
 }
 
 // On `s`'s loop: wraps an accepted socket, and starts its handler or turns it away.
@@ -218,7 +221,8 @@ task<> drain_share(std::shared_ptr<loop_share> s, cancel_forwarder* forwarder) {
 
 // An extra loop of a multi-core serve(), with its thread.
 struct worker {
-    loop l;
+    std::unique_ptr<loop> owned = loop_access::make_shared_reactor();
+    loop& l = *owned;
     std::shared_ptr<loop_share> share;
     std::shared_ptr<server_state> listener;  // reuse_port only
     std::thread thread;
@@ -236,11 +240,12 @@ task<> worker_main(worker& w) {
     }
     while (!s->stop) co_await wait_for_wake(*s, clock::time_point::max());
     co_await drain_share(s, nullptr);
-    auto main = s->common->main;
-    main->owner.post([main] {
-        --main->workers_left;
-        main->notify();
-    });
+    if (auto main = s->common->main.lock()) {
+        main->owner.post([main] {
+            --main->workers_left;
+            main->notify();
+        });
+    }
 }
 
 }  // namespace

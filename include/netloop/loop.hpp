@@ -72,6 +72,8 @@ public:
 private:
     friend void spawn(task<> t, loop& l);
     friend struct detail::loop_access;
+    // `shared_reactor`: other threads register sockets with this loop's reactor.
+    explicit loop(bool shared_reactor);
     // Declared first, destroyed last: the io_context's destructor frees pending tasks, which
     // still refer to their registry entries.
     std::unique_ptr<detail::task_registry> tasks_;
