@@ -6,10 +6,10 @@
 // A line reaches the others as "<sender address>: <line>". A line over 4 KiB gets "* line too
 // long" and its sender is disconnected; the room goes on.
 //
-// Slow clients: each client has a writer task and a queue of at most 256 KiB, so a slow reader
-// never slows the others. A client whose queue would overflow is too slow: the queue is dropped
-// at once (memory stays bounded), the line on the wire gets one more second, then the client is
-// sent "* too slow, disconnected" (best effort, one second) and closed.
+// Slow clients: each client has a writer task and a queue of at most 256 KiB (plus a 64 KiB batch
+// on the wire), so a slow reader never slows the others. A client whose queue would overflow is too
+// slow: the queue is dropped at once (memory stays bounded), the line on the wire gets one more
+// second, then the client is sent "* too slow, disconnected" (best effort, one second) and closed.
 //
 // Threads: with --threads N, connections live on N loops and the room has one shard per loop,
 // touched only by that loop's thread. A line is made once, as a shared_ptr<const string>, given
@@ -37,6 +37,7 @@ namespace {
 
 constexpr std::size_t max_line = 4096;
 constexpr std::size_t max_queued = 256 * 1024;
+constexpr std::size_t max_batch = 64 * 1024;
 constexpr netloop::duration patience = 1s;  // one write attempt; see "Slow clients"
 
 using line_ptr = std::shared_ptr<const std::string>;
@@ -165,7 +166,10 @@ netloop::task<bool> send(client& me, std::string_view text) {
 }
 
 // Drains the queue onto the wire until the client leaves; then the farewell, if any, and close.
+// Queued lines go out in batches of up to 64 KiB: one write per turn of the loop keeps up with
+// a reader that broadcasts every line it finds in one read.
 netloop::task<> write_lines(client& me) {
+    std::string batch;
     try {
         while (!me.queue.empty() || !me.leaving) {
             if (me.queue.empty()) {
@@ -174,10 +178,13 @@ netloop::task<> write_lines(client& me) {
                 co_await me.wake.async_wait(asio::redirect_error(asio::use_awaitable, woken));
                 continue;
             }
-            auto line = std::move(me.queue.front());
-            me.queue.pop_front();
-            me.queued -= line->size();
-            bool sent = co_await send(me, *line);
+            batch.clear();
+            while (!me.queue.empty() && batch.size() < max_batch) {
+                batch += *me.queue.front();
+                me.queued -= me.queue.front()->size();
+                me.queue.pop_front();
+            }
+            bool sent = co_await send(me, batch);
             if (!sent) break;
         }
         if (!me.farewell.empty()) co_await me.conn.write(me.farewell, patience);
@@ -194,12 +201,6 @@ netloop::task<> chat(room& r, netloop::connection conn) {
     co_await (read_lines(r, me) && write_lines(me));
 }
 
-// `--threads N`: N > 0.
-bool parse_threads(std::string_view text, std::size_t& threads) {
-    auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), threads);
-    return ec == std::errc() && end == text.data() + text.size() && threads > 0;
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -209,7 +210,9 @@ int main(int argc, char** argv) {
     for (int i = 1; i < argc && usage_ok; ++i) {
         std::string_view arg = argv[i];
         if (arg == "--threads" && i + 1 < argc) {
-            usage_ok = parse_threads(argv[++i], threads);
+            std::string_view n = argv[++i];
+            auto [end, ec] = std::from_chars(n.data(), n.data() + n.size(), threads);
+            usage_ok = ec == std::errc() && end == n.data() + n.size() && threads > 0;
         } else if (i == 1 && !arg.starts_with("--")) {
             at = arg;
         } else {

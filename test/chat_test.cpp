@@ -306,7 +306,9 @@ TEST_CASE(
     "a client that stops reading is disconnected, the server's memory stays bounded, and the "
     "others get everything",
     "[chat]") {
-    auto chat = start_chat("1");
+    auto threads = GENERATE(as<std::string>{}, "1", "2");
+    CAPTURE(threads);
+    auto chat = start_chat(threads);
     auto port = chat->announced_port();
     REQUIRE(port != 0);
 
