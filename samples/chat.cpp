@@ -4,12 +4,12 @@
 //   chat [host:port] [--threads N]     default 127.0.0.1:7000; try `nc 127.0.0.1 7000`
 //
 // A line reaches the others as "<sender address>: <line>". A line over 4 KiB gets "* line too
-// long" and its sender is disconnected; the room goes on.
+// long" and a close; SIGINT/SIGTERM gives everyone "* server shutting down" and exits 0.
 //
-// Slow clients: each client has a writer task and a queue of at most 256 KiB (plus a 64 KiB batch
-// on the wire), so a slow reader never slows the others. A client whose queue would overflow is too
-// slow: the queue is dropped at once (memory stays bounded), the line on the wire gets one more
-// second, then the client is sent "* too slow, disconnected" (best effort, one second) and closed.
+// Slow clients: each client has its own writer task and a queue of at most 256 KiB, so a slow
+// reader never slows the others. A client whose queue would overflow is too slow: the queue is
+// dropped at once (memory stays bounded), the write in progress gets one more second, then the
+// client is sent "* too slow, disconnected" (best effort, one second) and closed.
 //
 // Threads: with --threads N, connections live on N loops and the room has one shard per loop,
 // touched only by that loop's thread. A line is made once, as a shared_ptr<const string>, given
@@ -74,8 +74,7 @@ struct client {
         if (queued + line->size() > max_queued) {
             queue.clear();
             queued = 0;
-            leave("* too slow, disconnected\n");
-            return;
+            return leave("* too slow, disconnected\n");
         }
         queued += line->size();
         queue.push_back(line);
@@ -130,6 +129,17 @@ public:
         }
     }
 
+    // Says goodbye to every client, on every loop (called when the drain begins).
+    void close_all() {
+        for (auto& s : shards_) {
+            auto* l = s.owner.load(std::memory_order_acquire);
+            if (l == nullptr) continue;
+            l->post([&s] {
+                for (auto* c : s.clients) c->leave("* server shutting down\n");
+            });
+        }
+    }
+
 private:
     std::vector<shard> shards_;  // never resized: the posted deliveries hold references
     std::atomic<std::size_t> claimed_{0};
@@ -166,8 +176,7 @@ netloop::task<bool> send(client& me, std::string_view text) {
 }
 
 // Drains the queue onto the wire until the client leaves; then the farewell, if any, and close.
-// Queued lines go out in batches of up to 64 KiB: one write per turn of the loop keeps up with
-// a reader that broadcasts every line it finds in one read.
+// Lines go out in batches of up to 64 KiB, to keep up with readers that broadcast many at once.
 netloop::task<> write_lines(client& me) {
     std::string batch;
     try {
@@ -189,8 +198,7 @@ netloop::task<> write_lines(client& me) {
         }
         if (!me.farewell.empty()) co_await me.conn.write(me.farewell, patience);
     } catch (const std::system_error&) {
-        // Gone, too slow to take the farewell, or cancelled by the drain (then Asio throws at
-        // the next co_await): close all the same.
+        // Gone, too slow for the farewell, or cancelled (Asio throws at the next co_await).
     }
     me.conn.close();  // ends the reader's pending read, if any
 }
@@ -206,20 +214,16 @@ netloop::task<> chat(room& r, netloop::connection conn) {
 int main(int argc, char** argv) {
     std::string_view at = "127.0.0.1:7000";
     std::size_t threads = 1;
-    bool usage_ok = true;
-    for (int i = 1; i < argc && usage_ok; ++i) {
+    for (int i = 1; i < argc; ++i) {
         std::string_view arg = argv[i];
         if (arg == "--threads" && i + 1 < argc) {
             std::string_view n = argv[++i];
             auto [end, ec] = std::from_chars(n.data(), n.data() + n.size(), threads);
-            usage_ok = ec == std::errc() && end == n.data() + n.size() && threads > 0;
+            if (ec == std::errc() && end == n.data() + n.size() && threads > 0) continue;
         } else if (i == 1 && !arg.starts_with("--")) {
             at = arg;
-        } else {
-            usage_ok = false;
+            continue;
         }
-    }
-    if (!usage_ok) {
         std::fprintf(stderr, "usage: chat [host:port] [--threads N]\n");
         return 2;
     }
@@ -232,7 +236,9 @@ int main(int argc, char** argv) {
             auto handler = [&everyone](netloop::connection c) {
                 return chat(everyone, std::move(c));
             };
-            netloop::serve_options options{.drain_timeout = 2s, .threads = threads};
+            netloop::serve_options options{.drain_timeout = 2s,
+                                           .threads = threads,
+                                           .on_drain = [&everyone] { everyone.close_all(); }};
             co_await server.serve(handler, options);  // the first SIGINT/SIGTERM starts the drain
         });
     } catch (const netloop::error& e) {

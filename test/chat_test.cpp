@@ -431,7 +431,8 @@ TEST_CASE("with --threads 2, clients on different loops hear each other", "[chat
     CHECK(chat->exited_with(0, 15s));
 }
 
-TEST_CASE("SIGTERM and SIGINT end chat with status 0 while clients are connected", "[chat]") {
+TEST_CASE("SIGTERM and SIGINT tell connected clients the server is shutting down, and chat exits 0",
+          "[chat]") {
     auto signo = GENERATE(SIGTERM, SIGINT);
     auto threads = GENERATE(as<std::string>{}, "1", "2");
     CAPTURE(signo, threads);
@@ -439,17 +440,21 @@ TEST_CASE("SIGTERM and SIGINT end chat with status 0 while clients are connected
     auto port = chat->announced_port();
     REQUIRE(port != 0);
 
-    auto endings = run_bounded([&]() -> task<std::vector<errc>> {
+    auto endings = run_bounded([&]() -> task<std::vector<ending>> {
         auto room = co_await join(port, 3);
         chat->signal(signo);
-        std::vector<errc> endings;
+        std::vector<ending> endings;
         for (auto& m : room) {
-            auto e = co_await read_to_end(m.conn);  // the drain ends the idle clients
-            endings.push_back(e.kind);
+            auto e = co_await read_to_end(m.conn);  // the drain says goodbye to idle clients
+            endings.push_back(e);
         }
         co_return endings;
     });
-    for (auto kind : endings) CHECK(kind == errc::connection_closed);
+    for (const auto& e : endings) {
+        CAPTURE(e.tail);
+        CHECK(e.kind == errc::connection_closed);
+        CHECK(e.tail.ends_with("* server shutting down\n"));
+    }
     CHECK(chat->exited_with(0, 15s));
 }
 
