@@ -12,9 +12,10 @@ namespace netloop {
 
 /// Sends netloop's log lines to `logger`; `nullptr` turns logging off again (the default).
 ///
-/// With a logger: connections opened and closed at debug, accept back-off and I/O errors at
-/// warn, exceptions that escape a spawned task or a handler at error. Without one, the library
-/// prints nothing. Thread safety: safe from any thread.
+/// With a logger: connections accepted, rejected and ended at debug or info, accept back-off
+/// and drain timeouts at warn, exceptions that escape a spawned task or a handler at error
+/// (an orderly end — EOF, cancellation — at debug). Without one, the library prints nothing.
+/// Thread safety: safe from any thread.
 void set_logger(std::shared_ptr<spdlog::logger> logger);
 
 /// The logger set by `set_logger`, or `nullptr`.
