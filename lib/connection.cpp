@@ -140,7 +140,11 @@ bool connection_impl::mark_closed() noexcept {
 
 namespace {
 
+// Runs to its end, bounded by linger_timeout, whatever happens to the task that spawned it:
+// cutting it short (when run()'s coroutine ends, or on a forced drain) would close the socket
+// with unread input, a reset that destroys what write() already accepted.
 task<> linger(std::shared_ptr<connection_impl> c) {
+    co_await asio::this_coro::throw_if_cancelled(false);
     asio::error_code ec;
     c->socket.shutdown(asio::ip::tcp::socket::shutdown_send, ec);
     if (!ec) {
@@ -151,10 +155,9 @@ task<> linger(std::shared_ptr<connection_impl> c) {
         });
         std::array<std::byte, 2048> discard;
         for (;;) {
-            auto state = co_await asio::this_coro::cancellation_state;
-            if (state.cancelled() != asio::cancellation_type::none) break;
-            auto [read_ec, n] =
-                co_await c->socket.async_read_some(asio::buffer(discard), use_tuple);
+            auto [read_ec, n] = co_await c->socket.async_read_some(
+                asio::buffer(discard),
+                asio::bind_cancellation_slot(asio::cancellation_slot(), use_tuple));
             if (read_ec) break;
         }
         bound.cancel();

@@ -101,7 +101,8 @@ public:
     /// was written, and input is read and discarded until the peer closes (at most the linger
     /// timeout, 2 s unless `serve_options` say otherwise) before the socket is closed — so
     /// unread input never turns the close into a reset that destroys data already written.
-    /// When `run()`'s coroutine has ended the socket closes at once. Idempotent.
+    /// The linger runs to its end even while `run()` winds down, so `run()` may wait up to the
+    /// linger timeout for a peer that neither reads nor closes. Idempotent.
     void close() noexcept;
 
     /// Closes at once with a reset (SO_LINGER 0): the peer gets ECONNRESET, and data not yet
