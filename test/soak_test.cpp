@@ -413,9 +413,9 @@ TEST_CASE(
 // (lib/loop.cpp run_task: `l.cancel_spawned()`), which ends each linger (lib/connection.cpp
 // linger(): the `state.cancelled()` check, and the next co_await throws since
 // throw_if_cancelled is on), and the socket is closed with unread input: a reset that discards
-// the send queue. So this test FAILS on the current library: the clients get ~70% of the bytes
+// the send queue. So this test failed on the library before commit acd56fd: the clients get ~70% of the bytes
 // the daemon wrote, and still see a clean EOF (the writer's failing send consumes the socket's
-// ECONNRESET). Verified: it passes when linger() starts with `co_await
+// ECONNRESET). Fixed as verified here: linger() now starts with `co_await
 // asio::this_coro::throw_if_cancelled(false);` and binds its read to an empty cancellation
 // slot, so that each linger ends by itself within linger_timeout.
 TEST_CASE(
