@@ -278,3 +278,54 @@ TEST_CASE("daemon --max-connections 1 --on-limit reject closes a second client a
     CAPTURE(err.contents());
     CHECK(daemon.exited_with(0, 10s));
 }
+
+TEST_CASE(
+    "when the drain timeout cuts a client that does not read, the daemon still delivers "
+    "every byte it echoed, then EOF, never a reset, even as it exits",
+    "[samples][daemon]") {
+    // The client writes 64 MiB without reading until its write times out: the echo stalls with
+    // the client's input unread. Closing with unread input resets the connection and drops what
+    // the daemon already wrote, unless the close lingers, also while the process ends. (Nothing
+    // of the client's is pending when the reset would come, so its read reports it.)
+    temp_file err;
+    child_process daemon(daemon_args({"--drain-timeout", "0.5"}), {}, err.path());
+    auto port = daemon.announced_port();
+    REQUIRE(port != 0);
+    auto sent = pattern(std::size_t{64} << 20, 10);
+    struct result {
+        errc write_end{};
+        bool exited = false;
+        std::vector<std::byte> received;
+        errc end{};
+    };
+    auto r = run_bounded([&]() -> task<result> {
+        result r;
+        auto c = co_await netloop::connect(address::ipv4("127.0.0.1", port), 5s);
+        r.write_end = co_await kind_of(c.write(sent, 300ms));
+        daemon.signal(SIGTERM);
+        auto exited = [&] { return daemon.wait(0ms).has_value(); };
+        r.exited = co_await eventually(exited, 15s);
+        std::array<std::byte, 65536> buf;
+        for (;;) {
+            try {
+                auto n = co_await c.read(buf, 5s);
+                r.received.insert(r.received.end(), buf.begin(), buf.begin() + n);
+            } catch (const netloop::error& e) {
+                r.end = e.kind();
+                break;
+            }
+        }
+        c.close();
+        co_return r;
+    });
+    CAPTURE(err.contents());
+    REQUIRE(r.write_end == errc::timeout);  // the echo stalled: the scenario holds
+    REQUIRE(r.exited);
+    CHECK(daemon.exited_with(0, 0ms));
+    CAPTURE(r.received.size());
+    CHECK(r.end == errc::connection_closed);
+    CHECK(!r.received.empty());
+    bool prefix = r.received.size() <= sent.size() &&
+                  std::equal(r.received.begin(), r.received.end(), sent.begin());
+    CHECK(prefix);
+}
