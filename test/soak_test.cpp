@@ -408,16 +408,13 @@ TEST_CASE(
 // queues still hold bytes its write() accepted, and input the daemon never read keeps arriving.
 // Each connection's linger (shut down the write side, discard input until the peer closes, at
 // most linger_timeout = 2 s) gives a client ~800 KB of reading time, more than its queue holds.
-// Guards that those lingering closes may run to their end before the process exits. Today
-// serve() returns as soon as the handlers end, run() then cancels every spawned task
-// (lib/loop.cpp run_task: `l.cancel_spawned()`), which ends each linger (lib/connection.cpp
-// linger(): the `state.cancelled()` check, and the next co_await throws since
-// throw_if_cancelled is on), and the socket is closed with unread input: a reset that discards
-// the send queue. So this test failed on the library before commit acd56fd: the clients get ~70% of the bytes
-// the daemon wrote, and still see a clean EOF (the writer's failing send consumes the socket's
-// ECONNRESET). Fixed as verified here: linger() now starts with `co_await
-// asio::this_coro::throw_if_cancelled(false);` and binds its read to an empty cancellation
-// slot, so that each linger ends by itself within linger_timeout.
+// Guards that those lingering closes run to their end before the process exits: lib/connection.cpp
+// linger() starts with `co_await asio::this_coro::throw_if_cancelled(false);` and binds its read
+// to an empty cancellation slot, so run()'s end (lib/loop.cpp run_task: `l.cancel_spawned()`)
+// does not cut it short. Verified: on the code before commit acd56fd, where the linger broke off
+// when cancelled, the socket was closed with unread input — a reset that discards the send
+// queue — and this test failed in every run (the clients got ~70% of the bytes the daemon wrote,
+// and still saw a clean EOF: the writer's failing send consumes the socket's ECONNRESET).
 TEST_CASE(
     "clients still reading when the drain cuts them receive every byte the daemon's write() "
     "accepted before it exits",
