@@ -143,9 +143,9 @@ netloop::server open_server(const config& cfg, const std::shared_ptr<spdlog::log
 }
 
 // On SIGUSR2: start a successor that inherits the socket, then let serve() drain.
-netloop::task<> restart_on_sigusr2(netloop::server& server, std::vector<std::string> argv,
+netloop::task<> restart_on_sigusr2(netloop::signal_stream signals, netloop::server& server,
+                                   std::vector<std::string> argv,
                                    std::shared_ptr<spdlog::logger> log) {
-    netloop::signal_stream signals({SIGUSR2});
     std::vector<const netloop::server*> handed{&server};
     for (;;) {
         (void)co_await signals.next();
@@ -169,8 +169,8 @@ void log_stats(const netloop::server& server, const std::shared_ptr<spdlog::logg
         s.accept_errors);
 }
 
-netloop::task<> stats_on_sigusr1(netloop::server& server, std::shared_ptr<spdlog::logger> log) {
-    netloop::signal_stream signals({SIGUSR1});
+netloop::task<> stats_on_sigusr1(netloop::signal_stream signals, netloop::server& server,
+                                 std::shared_ptr<spdlog::logger> log) {
     for (;;) {
         (void)co_await signals.next();
         log_stats(server, log);
@@ -204,14 +204,18 @@ int main(int argc, char** argv) {
     try {
         return netloop::run([&]() -> netloop::task<> {
             auto server = open_server(cfg, log);
+            // Watched before the announcement: a SIGUSR1/2 sent as soon as the port is known
+            // must not find the signal's default action (termination) still in place.
+            netloop::signal_stream usr1({SIGUSR1});
+            netloop::signal_stream usr2({SIGUSR2});
             netloop::announce(server);
             log->info("listening on {}", server.local_address().to_string());
             netloop::notify_ready();
             netloop::spawn(netloop::watchdog_keepalive());
             std::vector<std::string> args{self_path(argv[0])};
             for (int i = 1; i < argc; ++i) args.emplace_back(argv[i]);
-            netloop::spawn(restart_on_sigusr2(server, args, log));
-            netloop::spawn(stats_on_sigusr1(server, log));
+            netloop::spawn(restart_on_sigusr2(std::move(usr2), server, args, log));
+            netloop::spawn(stats_on_sigusr1(std::move(usr1), server, log));
             cfg.serve.on_drain = [] { netloop::notify_stopping(); };
             co_await server.serve(echo, cfg.serve);
             log_stats(server, log);
