@@ -24,6 +24,7 @@ using netloop::address;
 using netloop::errc;
 using netloop::task;
 using netloop::test::child_process;
+using netloop::test::echo_once;
 using netloop::test::eventually;
 using netloop::test::failure_of;
 using netloop::test::kind_of;
@@ -78,12 +79,6 @@ task<bool> refused_soon(address to) {
         co_await netloop::test::sleep_for(10ms);
     }
     co_return false;
-}
-
-task<std::string> echo_once(netloop::connection& c, std::string_view msg) {
-    co_await c.write(msg, 5s);
-    auto back = co_await read_n(c, msg.size(), 5s);
-    co_return netloop::test::text(back);
 }
 
 }  // namespace

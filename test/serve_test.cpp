@@ -1,6 +1,5 @@
 // SPDX-License-Identifier: MIT
-// serve(): connection limits, per-IP limits, idle timeouts, accept back-off, drain, lingering
-// close.
+// serve(): limits, idle timeout, accept back-off, drain, lingering close, cancellation, stats.
 #include <algorithm>
 #include <array>
 #include <atomic>
@@ -43,6 +42,7 @@ using namespace std::chrono_literals;
 using netloop::address;
 using netloop::errc;
 using netloop::task;
+using netloop::test::echo_once;
 using netloop::test::eventually;
 using netloop::test::failure_of;
 using netloop::test::kind_of;
@@ -89,13 +89,6 @@ task<> hold_client(address to, std::byte id, held_client& st) {
         st.failure = e.what();
     }
     st.done = true;
-}
-
-// Connects, sends `msg` and returns what came back (empty if the connection ended first).
-task<std::string> echo_once(netloop::connection& c, std::string_view msg) {
-    co_await c.write(msg, 5s);
-    auto back = co_await read_n(c, msg.size(), 5s);
-    co_return netloop::test::text(back);
 }
 
 // Waits until `serve` has returned (bounded); true if it did.

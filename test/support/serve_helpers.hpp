@@ -9,6 +9,7 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <string_view>
 #include <system_error>
 #include <utility>
 #include <vector>
@@ -18,6 +19,8 @@
 #include <asio/write.hpp>
 
 #include <netloop/netloop.hpp>
+
+#include "loopback.hpp"
 
 namespace netloop::test {
 
@@ -80,6 +83,13 @@ task<bool> eventually(Pred done, duration limit = 20s) {
 
 inline std::string text(std::span<const std::byte> b) {
     return std::string(reinterpret_cast<const char*>(b.data()), b.size());
+}
+
+// Sends `msg` and returns what came back (each step bounded by 5 s).
+inline task<std::string> echo_once(connection& c, std::string_view msg) {
+    co_await c.write(msg, 5s);
+    auto back = co_await read_n(c, msg.size(), 5s);
+    co_return text(back);
 }
 
 // A raw Asio operation bounded by a timer that cancels the socket. The timer's handler only
