@@ -18,6 +18,7 @@
 #include "support/loopback.hpp"
 #include "support/process.hpp"
 #include "support/serve_helpers.hpp"
+#include "support/temp_file.hpp"
 
 using namespace std::chrono_literals;
 using netloop::address;
@@ -35,32 +36,7 @@ using netloop::test::run_bounded;
 namespace {
 
 using steady = std::chrono::steady_clock;
-
-// A fresh file for a child's stderr, removed when the test ends.
-class temp_file {
-public:
-    temp_file() {
-        auto tmpl = (std::filesystem::temp_directory_path() / "netloop-daemon-XXXXXX").string();
-        int fd = ::mkstemp(tmpl.data());
-        if (fd >= 0) ::close(fd);
-        path_ = tmpl;
-    }
-    ~temp_file() { ::unlink(path_.c_str()); }
-    temp_file(const temp_file&) = delete;
-    temp_file& operator=(const temp_file&) = delete;
-
-    [[nodiscard]] const std::string& path() const noexcept { return path_; }
-
-    [[nodiscard]] std::string contents() const {
-        std::ifstream in(path_);
-        std::stringstream ss;
-        ss << in.rdbuf();
-        return ss.str();
-    }
-
-private:
-    std::string path_;
-};
+using netloop::test::temp_file;
 
 // The daemon on 127.0.0.1:0 with `flags`, its stderr in `err`.
 std::vector<std::string> daemon_args(const std::vector<std::string>& flags) {

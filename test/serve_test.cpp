@@ -37,6 +37,7 @@
 #include "support/log_capture.hpp"
 #include "support/loopback.hpp"
 #include "support/serve_helpers.hpp"
+#include "support/temp_file.hpp"
 
 using namespace std::chrono_literals;
 using netloop::address;
@@ -55,6 +56,7 @@ using netloop::test::serve_outcome;
 namespace {
 
 using steady = std::chrono::steady_clock;
+using netloop::test::temp_file;
 
 address loopback_any_port() { return address::parse("127.0.0.1:0"); }
 
@@ -610,13 +612,6 @@ bool false_positives_only(const std::string& text) {
            text.find("WARNING: ThreadSanitizer") == std::string::npos;
 }
 
-std::string slurp(const std::string& path) {
-    std::ifstream in(path);
-    std::stringstream ss;
-    ss << in.rdbuf();
-    return ss.str();
-}
-
 // A blocking loopback client whose connect, send and receive give up after 5 s; -1 on failure.
 int blocking_client(std::uint16_t port) {
     int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -650,24 +645,6 @@ std::string blocking_echo(int fd, const std::string& msg) {
     return back;
 }
 
-// A fresh file name in the temporary directory, removed at scope exit.
-class temp_path {
-public:
-    temp_path() {
-        auto tmpl = (std::filesystem::temp_directory_path() / "netloop-serve-XXXXXX").string();
-        int fd = ::mkstemp(tmpl.data());
-        if (fd >= 0) ::close(fd);
-        path_ = tmpl;
-    }
-    ~temp_path() { ::unlink(path_.c_str()); }
-    temp_path(const temp_path&) = delete;
-    temp_path& operator=(const temp_path&) = delete;
-    [[nodiscard]] const std::string& str() const noexcept { return path_; }
-
-private:
-    std::string path_;
-};
-
 }  // namespace
 
 TEST_CASE(
@@ -675,8 +652,8 @@ TEST_CASE(
     "server serves new clients again once fds free up",
     "[serve][fault]") {
     constexpr int clients_count = 100;  // more than the child's 64 fds
-    temp_path child_stderr;
-    exhausted_child child(child_stderr.str());
+    temp_file child_stderr;
+    exhausted_child child(child_stderr.path());
     auto port = child.port();
     REQUIRE(port != 0);
 
@@ -725,7 +702,7 @@ TEST_CASE(
     REQUIRE(status);
     CHECK(WIFEXITED(*status));
     CHECK(WEXITSTATUS(*status) == 0);
-    auto err = slurp(child_stderr.str());
+    auto err = child_stderr.contents();
     CAPTURE(err);
     CHECK(false_positives_only(err));
 }

@@ -31,6 +31,7 @@
 
 #include "process.hpp"
 #include "serve_helpers.hpp"
+#include "temp_file.hpp"
 
 // Sanitized builds (ASan, TSan) run the same tests with smaller counts: they are 2-10 times
 // slower and use more memory per allocation. test/meson.build cannot set an environment per
@@ -57,32 +58,6 @@ template <typename T>
 constexpr T scaled(T normal, T reduced) {
     return sanitized ? reduced : normal;
 }
-
-// A fresh file (for a child's stderr), removed with the object.
-class temp_file {
-public:
-    temp_file() {
-        auto tmpl = (std::filesystem::temp_directory_path() / "netloop-fault-XXXXXX").string();
-        int fd = ::mkstemp(tmpl.data());
-        if (fd >= 0) ::close(fd);
-        path_ = tmpl;
-    }
-    ~temp_file() { ::unlink(path_.c_str()); }
-    temp_file(const temp_file&) = delete;
-    temp_file& operator=(const temp_file&) = delete;
-
-    [[nodiscard]] const std::string& path() const noexcept { return path_; }
-
-    [[nodiscard]] std::string contents() const {
-        std::ifstream in(path_);
-        std::stringstream ss;
-        ss << in.rdbuf();
-        return ss.str();
-    }
-
-private:
-    std::string path_;
-};
 
 // Under ASan, environment for a child whose RSS is measured over time: the same ASAN_OPTIONS
 // with a 16 MiB quarantine instead of 256 MiB, so freed memory held for use-after-free
