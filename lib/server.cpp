@@ -80,9 +80,8 @@ std::shared_ptr<server_state> open_listener(const address& at, const listen_opti
     return state;
 }
 
-namespace {}  // namespace
-
-server_state::server_state(loop& l, asio::ip::tcp::acceptor a) : owner(l), acceptor(std::move(a)) {
+server_state::server_state(loop& l, asio::ip::tcp::acceptor a)
+    : owner(l), acceptor(std::move(a)), listen_fd(acceptor.native_handle()) {
     asio::error_code ec;
     local = address(acceptor.local_endpoint(ec));
 }
@@ -98,6 +97,10 @@ void server_state::close() noexcept {
     if (owner.executor().running_in_this_thread() || !loop_access::is_running(owner)) {
         close_here();
     } else {
+        // Linux takes a listening socket out of LISTEN on shutdown(SHUT_RD): a connect from
+        // now on is refused, even before the loop runs the posted close. Elsewhere this fails
+        // harmlessly and the posted close alone ends the listening.
+        ::shutdown(listen_fd, SHUT_RD);
         try {
             asio::post(owner.context(), [self = shared_from_this()] { self->close_here(); });
         } catch (...) {

@@ -23,6 +23,9 @@ struct server_state : std::enable_shared_from_this<server_state> {
 
     loop& owner;
     asio::ip::tcp::acceptor acceptor;
+    // The listening descriptor, fixed at construction: close() from another thread shuts it
+    // down without touching the acceptor object, which belongs to the loop's thread.
+    const int listen_fd;
     address local;
     std::atomic<bool> closed{false};
     int backlog = 128;
@@ -36,7 +39,9 @@ struct server_state : std::enable_shared_from_this<server_state> {
     // its limit): close() cancels them, so the waiters see the close at once.
     std::list<asio::steady_timer*> wake_on_close;
 
-    // Closes on the calling thread if it runs the loop, else posts the close to the loop.
+    // Closes on the calling thread if it runs the loop. From another thread it stops the
+    // listening at once (shutdown(SHUT_RD): new connects are refused, a pending accept wakes)
+    // and posts the close of the acceptor to the loop.
     void close() noexcept;
 
     // reuse_port listeners that serve() opened on other loops for this server: closed with it.
