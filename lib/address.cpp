@@ -1,9 +1,16 @@
 // SPDX-License-Identifier: MIT
-// address: parsing and printing IP endpoints.
+// address: parsing and printing IP endpoints and Unix socket names.
+#include <algorithm>
 #include <charconv>
+#include <cstddef>
+#include <cstring>
+#include <netinet/in.h>
+#include <sys/un.h>
 
 #include <netloop/address.hpp>
 #include <netloop/error.hpp>
+
+#include "endpoint.hpp"
 
 namespace netloop {
 namespace {
@@ -19,6 +26,8 @@ asio::ip::address normalise(const asio::ip::address& a) {
     return a;
 }
 
+constexpr std::size_t max_unix_path = sizeof(sockaddr_un::sun_path) - 1;
+
 std::uint16_t parse_port(std::string_view text, std::string_view whole) {
     if (text.empty() || text.size() > 5) invalid(whole, "port must be 0 to 65535");
     unsigned value = 0;
@@ -30,6 +39,49 @@ std::uint16_t parse_port(std::string_view text, std::string_view whole) {
 }
 
 }  // namespace
+
+namespace detail {
+
+asio::generic::stream_protocol::endpoint generic_endpoint(const address& a) {
+    if (!a.is_unix()) return {a.endpoint().data(), a.endpoint().size(), IPPROTO_TCP};
+    sockaddr_un sun{};
+    sun.sun_family = AF_UNIX;
+    const auto& path = a.path();
+    std::memcpy(sun.sun_path, path.data(), path.size());
+    if (path.front() == '@') sun.sun_path[0] = '\0';  // abstract: no file, no trailing NUL
+    auto size = offsetof(sockaddr_un, sun_path) + path.size() + (path.front() == '@' ? 0 : 1);
+    return {reinterpret_cast<const sockaddr*>(&sun), size};
+}
+
+address from_generic(const asio::generic::stream_protocol::endpoint& ep) {
+    const auto* sa = ep.data();
+    if (sa->sa_family == AF_INET || sa->sa_family == AF_INET6) {
+        asio::ip::tcp::endpoint ip;
+        ip.resize(ep.size());
+        std::memcpy(ip.data(), sa, ep.size());
+        return address(ip);
+    }
+    if (sa->sa_family == AF_UNIX) return address_access::unix_named(ep);
+    return address();
+}
+
+address address_access::unix_named(const asio::generic::stream_protocol::endpoint& ep) {
+    address result;
+    result.unix_ = true;
+    const auto* sun = reinterpret_cast<const sockaddr_un*>(ep.data());
+    auto length = ep.size() > offsetof(sockaddr_un, sun_path)
+                      ? std::min(ep.size() - offsetof(sockaddr_un, sun_path), sizeof sun->sun_path)
+                      : std::size_t{0};
+    if (length == 0) return result;  // unnamed
+    if (sun->sun_path[0] == '\0') {
+        result.path_ = "@" + std::string(sun->sun_path + 1, length - 1);
+    } else {
+        result.path_ = std::string(sun->sun_path, ::strnlen(sun->sun_path, length));
+    }
+    return result;
+}
+
+}  // namespace detail
 
 address::address(const asio::ip::tcp::endpoint& endpoint) noexcept
     : endpoint_(normalise(endpoint.address()), endpoint.port()) {}
@@ -50,8 +102,20 @@ address address::ipv6(std::string_view host, std::uint16_t port) {
     return result;
 }
 
+address address::unix_socket(std::string_view path) {
+    if (path.empty() || path == "@") invalid(path, "empty Unix socket name");
+    if (path.find('\0') != std::string_view::npos) invalid(path, "NUL in a Unix socket name");
+    if (path.size() > max_unix_path) invalid(path, "Unix socket name over 107 bytes");
+    address result;
+    result.path_ = std::string(path);
+    result.unix_ = true;
+    result.endpoint_.port(0);
+    return result;
+}
+
 address address::parse(std::string_view text) {
     if (text.empty()) invalid(text, "empty");
+    if (text.starts_with("unix:")) return unix_socket(text.substr(5));
     std::string_view host;
     std::string_view port;
     if (text.front() == '[') {
@@ -79,9 +143,13 @@ address address::parse(std::string_view text) {
     return address(asio::ip::tcp::endpoint(a, parse_port(port, text)));
 }
 
-std::string address::host() const { return endpoint_.address().to_string(); }
+std::string address::host() const {
+    if (unix_) return path_;
+    return endpoint_.address().to_string();
+}
 
 std::string address::to_string() const {
+    if (unix_) return "unix:" + path_;
     if (is_v6()) return "[" + host() + "]:" + std::to_string(port());
     return host() + ":" + std::to_string(port());
 }

@@ -8,6 +8,7 @@
 #include <netinet/tcp.h>
 #include <optional>
 #include <sys/socket.h>
+#include <tuple>
 
 #include <asio/write.hpp>
 
@@ -22,16 +23,15 @@ namespace netloop {
 namespace detail {
 namespace {
 
-address endpoint_or_empty(const asio::ip::tcp::socket& s, bool remote) {
+address endpoint_or_empty(const stream_socket& s, bool remote) {
     asio::error_code ec;
     auto ep = remote ? s.remote_endpoint(ec) : s.local_endpoint(ec);
-    return ec ? address() : address(ep);
+    return ec ? address() : from_generic(ep);
 }
 
 }  // namespace
 
-connection_impl::connection_impl(loop& l, asio::ip::tcp::socket s,
-                                 std::shared_ptr<server_counters> c)
+connection_impl::connection_impl(loop& l, stream_socket s, std::shared_ptr<server_counters> c)
     : owner(l),
       socket(std::move(s)),
       remote(endpoint_or_empty(socket, true)),
@@ -145,14 +145,25 @@ namespace {
 // with unread input, a reset that destroys what write() already accepted.
 task<> linger(std::shared_ptr<connection_impl> c) {
     co_await asio::this_coro::throw_if_cancelled(false);
+    asio::steady_timer bound(c->owner.context(), c->linger_timeout);
+    bound.async_wait([c](const asio::error_code& wait_ec) {
+        asio::error_code ignored;
+        if (!wait_ec) c->socket.cancel(ignored);
+    });
+#if NETLOOP_HAS_TLS
+    if (c->tls) {
+        // close_notify first, so the peer can tell the end from a truncation; we do not wait
+        // for its reply (RECEIVED_SHUTDOWN tells OpenSSL not to), the discard below does.
+        auto* ssl = c->tls->native_handle();
+        ::SSL_set_shutdown(ssl, ::SSL_get_shutdown(ssl) | SSL_RECEIVED_SHUTDOWN);
+        auto [shutdown_ec] = co_await c->tls->async_shutdown(
+            asio::bind_cancellation_slot(asio::cancellation_slot(), use_tuple));
+        (void)shutdown_ec;
+    }
+#endif
     asio::error_code ec;
-    c->socket.shutdown(asio::ip::tcp::socket::shutdown_send, ec);
+    c->socket.shutdown(asio::socket_base::shutdown_send, ec);
     if (!ec) {
-        asio::steady_timer bound(c->owner.context(), c->linger_timeout);
-        bound.async_wait([c](const asio::error_code& wait_ec) {
-            asio::error_code ignored;
-            if (!wait_ec) c->socket.cancel(ignored);
-        });
         std::array<std::byte, 2048> discard;
         for (;;) {
             auto [read_ec, n] = co_await c->socket.async_read_some(
@@ -160,8 +171,8 @@ task<> linger(std::shared_ptr<connection_impl> c) {
                 asio::bind_cancellation_slot(asio::cancellation_slot(), use_tuple));
             if (read_ec) break;
         }
-        bound.cancel();
     }
+    bound.cancel();
     c->socket.close(ec);
 }
 
@@ -209,6 +220,16 @@ error connection_impl::failure(const char* operation, const asio::error_code& ec
     if (ec == asio::error::connection_reset || ec == asio::error::broken_pipe) {
         return error(errc::connection_reset, describe(operation), ec.value(), bytes_written);
     }
+#if NETLOOP_HAS_TLS
+    if (ec == asio::ssl::error::stream_truncated) {  // EOF without close_notify
+        return error(errc::connection_closed, describe(operation) + " (peer closed, no TLS close)",
+                     0, bytes_written);
+    }
+    if (ec.category() == asio::error::get_ssl_category()) {
+        return error(errc::tls_failed, describe(operation) + " (" + ec.message() + ")", 0,
+                     bytes_written);
+    }
+#endif
     return error(reading ? errc::read_failed : errc::write_failed, describe(operation), ec.value(),
                  bytes_written);
 }
@@ -262,9 +283,16 @@ task<std::size_t> read_some(connection_impl& c, std::span<std::byte> buf, durati
     if (c.closed) throw error(errc::connection_closed, c.describe("read"));
     auto state = co_await asio::this_coro::cancellation_state;
     operation_scope scope(c, c.reader, timeout, state.slot());
-    auto [ec, n] = co_await c.socket.async_read_some(
-        asio::buffer(buf.data(), buf.size()),
-        asio::bind_cancellation_slot(c.reader.signal.slot(), use_tuple));
+    auto token = asio::bind_cancellation_slot(c.reader.signal.slot(), use_tuple);
+#if NETLOOP_HAS_TLS
+    if (c.tls) {
+        auto [ec, n] = co_await c.tls->async_read_some(asio::buffer(buf.data(), buf.size()), token);
+        if (ec) throw c.failure("read", ec, c.reader);
+        c.count_read(n);
+        co_return n;
+    }
+#endif
+    auto [ec, n] = co_await c.socket.async_read_some(asio::buffer(buf.data(), buf.size()), token);
     if (ec) throw c.failure("read", ec, c.reader);
     c.count_read(n);
     co_return n;
@@ -381,6 +409,15 @@ task<std::vector<std::byte>> connection::read(std::size_t max_bytes, duration ti
         c.take_buffered(out);
         co_return out;
     }
+#if NETLOOP_HAS_TLS
+    if (c.tls) {
+        // Decrypted bytes may wait inside OpenSSL while the socket has none, so a readiness
+        // wait does not work here: read into a buffer of at most one record's size.
+        std::vector<std::byte> out(std::min<std::size_t>(max_bytes, 16384));
+        out.resize(co_await detail::read_some(c, out, timeout));
+        co_return out;
+    }
+#endif
     auto state = co_await asio::this_coro::cancellation_state;
     detail::operation_scope scope(c, c.reader, timeout, state.slot());
     for (;;) {
@@ -408,9 +445,23 @@ task<> connection::write(std::span<const std::byte> bytes, duration timeout) {
     auto state = co_await asio::this_coro::cancellation_state;
     detail::operation_scope scope(c, c.writer, timeout, state.slot());
     detail::transfer_all_touching condition{&c};
-    auto [ec, n] = co_await asio::async_write(
-        c.socket, asio::buffer(bytes.data(), bytes.size()), condition,
-        asio::bind_cancellation_slot(c.writer.signal.slot(), detail::use_tuple));
+    auto token = asio::bind_cancellation_slot(c.writer.signal.slot(), detail::use_tuple);
+#if NETLOOP_HAS_TLS
+    if (c.tls) {
+        auto [ec, n] = co_await asio::async_write(*c.tls, asio::buffer(bytes.data(), bytes.size()),
+                                                  condition, token);
+        c.count_written(n);
+        if (ec) {
+            // A record may be half-sent: the TLS stream cannot go on, so the connection ends.
+            auto failure = c.failure("write", ec, c.writer, n);
+            c.abort();
+            throw failure;
+        }
+        co_return;
+    }
+#endif
+    auto [ec, n] = co_await asio::async_write(c.socket, asio::buffer(bytes.data(), bytes.size()),
+                                              condition, token);
     c.count_written(n);
     if (ec) throw c.failure("write", ec, c.writer, n);
 }
@@ -421,8 +472,27 @@ task<> connection::write(std::string_view text, duration timeout) {
 
 void connection::shutdown_write() noexcept {
     if (!impl_ || impl_->closed) return;
+#if NETLOOP_HAS_TLS
+    if (impl_->tls) {
+        // TLS's half-close is close_notify. OpenSSL sends it from SSL_shutdown, which asio runs
+        // at once in async_shutdown's initiation; RECEIVED_SHUTDOWN, set just for that call,
+        // keeps it from also waiting for the peer's, so reading goes on afterwards.
+        auto* ssl = impl_->tls->native_handle();
+        int before = ::SSL_get_shutdown(ssl);
+        if ((before & SSL_SENT_SHUTDOWN) != 0) return;
+        ::SSL_set_shutdown(ssl, before | SSL_RECEIVED_SHUTDOWN);
+        try {
+            impl_->tls->async_shutdown([keep = impl_](const asio::error_code&) {});
+        } catch (...) {
+            // No memory for the operation: the peer sees EOF at close() instead.
+        }
+        ::SSL_set_shutdown(ssl, (::SSL_get_shutdown(ssl) & ~SSL_RECEIVED_SHUTDOWN) |
+                                    (before & SSL_RECEIVED_SHUTDOWN));
+        return;
+    }
+#endif
     asio::error_code ignored;
-    impl_->socket.shutdown(asio::ip::tcp::socket::shutdown_send, ignored);
+    impl_->socket.shutdown(asio::socket_base::shutdown_send, ignored);
 }
 
 void connection::close() noexcept {
@@ -455,10 +525,12 @@ int whole_seconds(duration d) {
 }  // namespace
 
 void connection::set_no_delay(bool on) {
+    if (impl_->local.is_unix()) return;
     set_int_option(*impl_, IPPROTO_TCP, TCP_NODELAY, on ? 1 : 0, "TCP_NODELAY");
 }
 
 void connection::set_keep_alive(bool on, duration idle, duration interval, int count) {
+    if (impl_->local.is_unix()) return;
     set_int_option(*impl_, SOL_SOCKET, SO_KEEPALIVE, on ? 1 : 0, "SO_KEEPALIVE");
     if (!on) return;
     if (count < 1) throw error(errc::invalid_argument, "SO_KEEPALIVE (probe count < 1)");
@@ -477,23 +549,49 @@ void connection::set_buffer_sizes(int send_bytes, int receive_bytes) {
     }
 }
 
-asio::ip::tcp::socket& connection::socket() noexcept { return impl_->socket; }
+asio::generic::stream_protocol::socket& connection::socket() noexcept { return impl_->socket; }
+
+std::optional<peer_credentials> connection::credentials() const {
+    auto& c = *impl_;
+    if (!c.remote.is_unix() && !c.local.is_unix()) return std::nullopt;
+    ucred cred{};
+    socklen_t len = sizeof cred;
+    if (::getsockopt(c.socket.native_handle(), SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) {
+        throw error(errc::option_failed, "SO_PEERCRED " + c.remote.to_string(), errno);
+    }
+    return peer_credentials{cred.pid, cred.uid, cred.gid};
+}
 
 loop& connection::owner() const noexcept { return impl_->owner; }
 
 task<connection> connect(const address& to, duration timeout, loop& l) {
-    asio::ip::tcp::socket socket(l.context());
+    auto endpoint = detail::generic_endpoint(to);
+    detail::stream_socket socket(l.context());
     asio::error_code ec;
-    socket.open(to.endpoint().protocol(), ec);
+    socket.open(endpoint.protocol(), ec);
     if (ec) throw error(errc::socket_creation_failed, "connect " + to.to_string(), ec.value());
     auto impl = std::make_shared<detail::connection_impl>(l, std::move(socket));
     connection conn(impl);  // closes the socket (and its timer) if the connect fails
     auto state = co_await asio::this_coro::cancellation_state;
     {
         detail::operation_scope scope(*impl, impl->writer, timeout, state.slot());
-        auto [connect_ec] = co_await impl->socket.async_connect(
-            to.endpoint(),
-            asio::bind_cancellation_slot(impl->writer.signal.slot(), detail::use_tuple));
+        auto token = asio::bind_cancellation_slot(impl->writer.signal.slot(), detail::use_tuple);
+        auto [connect_ec] = co_await impl->socket.async_connect(endpoint, token);
+        // A Unix listener with a full backlog makes the kernel answer EAGAIN at once (Asio
+        // reports it as ENOBUFS) where TCP would retry its SYN: wait and retry, as TCP does,
+        // within the call's timeout.
+        auto pause = std::chrono::milliseconds(1);
+        while (to.is_unix() && (connect_ec == asio::error::no_buffer_space ||
+                                connect_ec == asio::error::try_again)) {
+            asio::steady_timer backlog_full(l.context(), pause);
+            auto [wait_ec] = co_await backlog_full.async_wait(token);
+            if (wait_ec) {
+                connect_ec = asio::error::operation_aborted;
+                break;
+            }
+            pause = std::min(pause * 2, std::chrono::milliseconds(50));
+            std::tie(connect_ec) = co_await impl->socket.async_connect(endpoint, token);
+        }
         if (connect_ec == asio::error::operation_aborted) {
             throw error(impl->writer.expired ? errc::timeout : errc::cancelled,
                         "connect " + to.to_string());
@@ -502,8 +600,8 @@ task<connection> connect(const address& to, duration timeout, loop& l) {
             throw error(errc::connect_failed, "connect " + to.to_string(), connect_ec.value());
         }
     }
-    impl->remote = address(impl->socket.remote_endpoint(ec));
-    impl->local = address(impl->socket.local_endpoint(ec));
+    impl->remote = detail::from_generic(impl->socket.remote_endpoint(ec));
+    impl->local = detail::from_generic(impl->socket.local_endpoint(ec));
     detail::log(spdlog::level::debug, "connected to {}", impl->remote.to_string());
     co_return std::move(conn);
 }
@@ -554,13 +652,81 @@ task<std::vector<address>> resolve(std::string_view host, std::uint16_t port, du
     co_return out;
 }
 
-task<connection> connect(std::string_view host_and_port, duration timeout, loop& l) {
+namespace detail {
+
+task<> tls_handshake(std::shared_ptr<connection_impl> c, std::shared_ptr<tls_state> settings,
+                     std::string server_name, duration timeout) {
+#if NETLOOP_HAS_TLS
+    c->tls = std::make_unique<tls_stream>(c->socket, settings->context);
+    c->tls_settings = settings;
+    auto& stream = *c->tls;
+    if (!settings->server_side) {
+        asio::error_code not_ip;
+        (void)asio::ip::make_address(server_name, not_ip);
+        if (!server_name.empty() && not_ip) {
+            ::SSL_set_tlsext_host_name(stream.native_handle(), server_name.c_str());
+        }
+        if (settings->verify_peer) {
+            stream.set_verify_mode(asio::ssl::verify_peer);
+            if (!server_name.empty()) {
+                stream.set_verify_callback(asio::ssl::host_name_verification(server_name));
+            }
+        } else {
+            stream.set_verify_mode(asio::ssl::verify_none);
+        }
+    } else if (settings->verify_peer) {
+        stream.set_verify_mode(asio::ssl::verify_peer | asio::ssl::verify_fail_if_no_peer_cert);
+    }
+    auto state = co_await asio::this_coro::cancellation_state;
+    asio::error_code ec;
+    {
+        operation_scope scope(*c, c->reader, timeout, state.slot());
+        auto [handshake_ec] = co_await stream.async_handshake(
+            settings->server_side ? asio::ssl::stream_base::server : asio::ssl::stream_base::client,
+            asio::bind_cancellation_slot(c->reader.signal.slot(), use_tuple));
+        ec = handshake_ec;
+    }
+    if (!ec) co_return;
+    auto what = "TLS handshake " + c->remote.to_string();
+    if (ec.category() == asio::error::get_ssl_category()) {
+        throw error(errc::tls_failed, what + " (" + ec.message() + ")");
+    }
+    auto e = c->failure("read", ec, c->reader);
+    throw error(e.kind(), what + (e.kind() == errc::connection_closed ? " (peer closed)" : ""),
+                e.sys_errno());
+#else
+    (void)c;
+    (void)settings;
+    (void)server_name;
+    (void)timeout;
+    throw error(errc::invalid_argument, "TLS handshake (netloop was built without TLS)");
+#endif
+}
+
+namespace {
+
+const std::shared_ptr<tls_state>& client_settings(const tls_context& tls, const std::string& to) {
+    const auto& settings = tls_access::state(tls);
+#if NETLOOP_HAS_TLS
+    if (!settings || settings->server_side) {
+        throw error(errc::invalid_argument, "connect " + to + " (needs a tls_context::client())");
+    }
+#else
+    throw error(errc::invalid_argument, "connect " + to + " (netloop was built without TLS)");
+#endif
+    return settings;
+}
+
+// connect("host:port"), plain or over TLS (`tls` not null).
+task<connection> connect_by_name(std::string_view host_and_port, const tls_context* tls,
+                                 duration timeout, loop& l) {
     // An IP literal needs no resolver.
     std::optional<address> literal;
     try {
         literal = address::parse(host_and_port);
     } catch (const error&) {
     }
+    if (literal && tls != nullptr) co_return co_await connect(*literal, *tls, timeout, {}, l);
     if (literal) co_return co_await connect(*literal, timeout, l);
 
     auto colon = host_and_port.rfind(':');
@@ -576,19 +742,67 @@ task<connection> connect(std::string_view host_and_port, duration timeout, loop&
         throw error(errc::invalid_address,
                     "connect \"" + std::string(host_and_port) + "\" (port must be 0 to 65535)");
     }
-    auto until = detail::deadline_of(timeout);
-    auto candidates = co_await resolve(host_and_port.substr(0, colon),
-                                       static_cast<std::uint16_t>(port), timeout, l);
+    std::string host(host_and_port.substr(0, colon));
+    std::shared_ptr<tls_state> settings;
+    if (tls != nullptr) settings = client_settings(*tls, std::string(host_and_port));
+    auto until = deadline_of(timeout);
+    auto candidates = co_await resolve(host, static_cast<std::uint16_t>(port), timeout, l);
     std::optional<error> last;
     for (const auto& candidate : candidates) {
+        std::optional<connection> conn;
         try {
-            co_return co_await connect(candidate, detail::remaining(until, timeout), l);
+            conn.emplace(co_await connect(candidate, remaining(until, timeout), l));
         } catch (const error& e) {
             if (e.kind() != errc::connect_failed) throw;
             last = e;
+            continue;
         }
+        if (settings) {
+            co_await tls_handshake(connection_access::impl(*conn).shared_from_this(), settings,
+                                   host, remaining(until, timeout));
+        }
+        co_return std::move(*conn);
     }
     throw *last;
+}
+
+}  // namespace
+}  // namespace detail
+
+task<connection> connect(const address& to, const tls_context& tls, duration timeout,
+                         std::string server_name, loop& l) {
+    auto settings = detail::client_settings(tls, to.to_string());
+    auto until = detail::deadline_of(timeout);
+    auto conn = co_await connect(to, timeout, l);
+    if (server_name.empty() && !to.is_unix()) server_name = to.host();
+    co_await detail::tls_handshake(detail::connection_access::impl(conn).shared_from_this(),
+                                   settings, std::move(server_name),
+                                   detail::remaining(until, timeout));
+    co_return conn;
+}
+
+task<connection> connect(std::string_view host_and_port, duration timeout, loop& l) {
+    return detail::connect_by_name(host_and_port, nullptr, timeout, l);
+}
+
+task<connection> connect(std::string_view host_and_port, const tls_context& tls, duration timeout,
+                         loop& l) {
+    return detail::connect_by_name(host_and_port, &tls, timeout, l);
+}
+
+bool connection::is_tls() const noexcept { return impl_ && impl_->is_tls(); }
+
+std::string connection::tls_alpn() const {
+#if NETLOOP_HAS_TLS
+    if (!impl_ || !impl_->tls) return {};
+    const unsigned char* name = nullptr;
+    unsigned int length = 0;
+    ::SSL_get0_alpn_selected(impl_->tls->native_handle(), &name, &length);
+    return name == nullptr ? std::string()
+                           : std::string(reinterpret_cast<const char*>(name), length);
+#else
+    return {};
+#endif
 }
 
 }  // namespace netloop

@@ -16,6 +16,9 @@
 #include <netloop/loop.hpp>
 #include <netloop/task.hpp>
 
+#include "endpoint.hpp"
+#include "tls.hpp"
+
 namespace netloop::detail {
 
 // What one server has done. One writer (the loop thread), readers on any thread: relaxed
@@ -29,6 +32,7 @@ struct server_counters {
     counter bytes_read{0};
     counter bytes_written{0};
     counter accept_errors{0};
+    counter handshake_failures{0};
 
     static std::uint64_t get(const counter& c) noexcept {
         return c.load(std::memory_order_relaxed);
@@ -74,10 +78,15 @@ struct connection_limits {
 };
 
 struct connection_impl : std::enable_shared_from_this<connection_impl> {
-    connection_impl(loop& l, asio::ip::tcp::socket s, std::shared_ptr<server_counters> c = nullptr);
+    connection_impl(loop& l, stream_socket s, std::shared_ptr<server_counters> c = nullptr);
 
     loop& owner;
-    asio::ip::tcp::socket socket;
+    stream_socket socket;
+#if NETLOOP_HAS_TLS
+    // Over TLS: the stream on top of `socket` (destroyed first), and the context it needs.
+    std::shared_ptr<tls_state> tls_settings;
+    std::unique_ptr<tls_stream> tls;
+#endif
     address remote;
     address local;
     deadline reader;
@@ -99,6 +108,14 @@ struct connection_impl : std::enable_shared_from_this<connection_impl> {
     void end(deadline& d) noexcept {
         d.pending = false;
         touch();
+    }
+
+    [[nodiscard]] bool is_tls() const noexcept {
+#if NETLOOP_HAS_TLS
+        return tls != nullptr;
+#else
+        return false;
+#endif
     }
 
     [[nodiscard]] std::span<const std::byte> buffered() const noexcept;
@@ -139,6 +156,13 @@ private:
     // Marks the connection closed and ends its pending operations; false if it already was.
     bool mark_closed() noexcept;
 };
+
+// Makes `c` a TLS connection and performs the handshake, bounded by `timeout`: as the server
+// (`settings` is a server context) or as a client that verifies `server_name` (a host name,
+// also sent as SNI, or an IP address; empty: the chain only). Throws `error`: `tls_failed`
+// with OpenSSL's reason, `timeout`, `cancelled`, `connection_closed`.
+task<> tls_handshake(std::shared_ptr<connection_impl> c, std::shared_ptr<tls_state> settings,
+                     std::string server_name, duration timeout);
 
 struct connection_access {
     static connection_impl& impl(connection& c) noexcept { return *c.impl_; }

@@ -57,7 +57,7 @@ int sockopt(int fd, int level, int name) {
 }
 
 // The checks of one inherited fd; the reason it cannot be adopted, or empty.
-std::string why_not_listening_tcp(int fd) {
+std::string why_not_listening_stream(int fd) {
     struct stat st {};
     if (::fstat(fd, &st) != 0) return "fd " + std::to_string(fd) + " is not open";
     if (!S_ISSOCK(st.st_mode)) return "fd " + std::to_string(fd) + " is not a socket";
@@ -65,8 +65,8 @@ std::string why_not_listening_tcp(int fd) {
         return "fd " + std::to_string(fd) + " is not a stream socket";
     }
     int family = sockopt(fd, SOL_SOCKET, SO_DOMAIN);
-    if (family != AF_INET && family != AF_INET6) {
-        return "fd " + std::to_string(fd) + " is not an IPv4 or IPv6 socket";
+    if (family != AF_INET && family != AF_INET6 && family != AF_UNIX) {
+        return "fd " + std::to_string(fd) + " is not an IPv4, IPv6 or Unix socket";
     }
     if (sockopt(fd, SOL_SOCKET, SO_ACCEPTCONN) != 1) {
         return "fd " + std::to_string(fd) + " is not listening";
@@ -76,7 +76,9 @@ std::string why_not_listening_tcp(int fd) {
 
 }  // namespace
 
-std::vector<server> listen_activated(loop& l) {
+std::vector<server> listen_activated(loop& l) { return listen_activated(listen_options{}, l); }
+
+std::vector<server> listen_activated(const listen_options& options, loop& l) {
     auto fds = env_number("LISTEN_FDS");
     if (!fds) return {};
     auto pid = env_number("LISTEN_PID");
@@ -96,19 +98,23 @@ std::vector<server> listen_activated(loop& l) {
     }
     // Check them all before adopting any: on error nothing is adopted.
     for (int fd = first_fd; fd < first_fd + *fds; ++fd) {
-        if (auto why = why_not_listening_tcp(fd); !why.empty()) bad_activation(why);
+        if (auto why = why_not_listening_stream(fd); !why.empty()) bad_activation(why);
     }
+    auto tls = detail::server_tls(options.tls, address());
     std::vector<server> servers;
     for (int fd = first_fd; fd < first_fd + *fds; ++fd) {
         ::fcntl(fd, F_SETFD, FD_CLOEXEC);
-        bool v6 = sockopt(fd, SOL_SOCKET, SO_DOMAIN) == AF_INET6;
-        asio::ip::tcp::acceptor acceptor(l.context());
+        int family = sockopt(fd, SOL_SOCKET, SO_DOMAIN);
+        detail::stream_acceptor acceptor(l.context());
         asio::error_code ec;
-        acceptor.assign(v6 ? asio::ip::tcp::v6() : asio::ip::tcp::v4(), fd, ec);
+        acceptor.assign(asio::generic::stream_protocol(family, family == AF_UNIX ? 0 : IPPROTO_TCP),
+                        fd, ec);
         if (ec) bad_activation("adopt fd " + std::to_string(fd), ec.value());
         acceptor.non_blocking(true, ec);
         auto state = std::make_shared<detail::server_state>(l, std::move(acceptor));
         state->reuse_port = sockopt(fd, SOL_SOCKET, SO_REUSEPORT) == 1;
+        state->tls = tls;
+        state->handshake_timeout = options.handshake_timeout;
         detail::log(spdlog::level::debug, "adopted fd {} ({}) from LISTEN_FDS", fd,
                     state->local.to_string());
         servers.push_back(detail::server_access::make(std::move(state)));
@@ -305,6 +311,8 @@ task<pid_t> start_successor(std::vector<std::string> argv, std::vector<const ser
         throw error(errc::spawn_failed, "start successor " + plan.argv[0] + " (not ready in time)");
     }
     detail::log(spdlog::level::info, "successor pid {} is ready", pid);
+    // The successor listens on the same sockets now: a Unix socket file is its to keep.
+    for (const auto* s : servers) detail::server_access::state(*s).keep_socket_file();
     co_return pid;
 }
 

@@ -53,6 +53,8 @@ public:
                 return "name resolution failed";
             case errc::option_failed:
                 return "setting a socket option failed";
+            case errc::tls_failed:
+                return "TLS failed";
         }
         return "unknown netloop error";
     }

@@ -69,6 +69,8 @@ struct serve_common {
 
     connection_handler handler;
     serve_options options;
+    std::shared_ptr<tls_state> tls;  // the listener's: each connection handshakes first
+    duration handshake_timeout{};
     admission limits;
     std::weak_ptr<loop_share> main;  // weak: the main share owns this, not the other way
     clock::time_point drain_until = clock::time_point::max();  // set before stop is posted
@@ -128,7 +130,11 @@ private:
 task<> run_handler(std::shared_ptr<loop_share> s, connection conn, asio::ip::address ip) {
     auto remote = conn.remote_address().to_string();
     try {
-        co_await s->common->handler(std::move(conn));
+        bool ready =
+            !s->common->tls ||
+            co_await handshake_or_count(connection_access::impl(conn).shared_from_this(),
+                                        s->common->tls, s->common->handshake_timeout, *s->counters);
+        if (ready) co_await s->common->handler(std::move(conn));
     } catch (...) {
         log_escaped(std::current_exception(), "handler for", remote);
     }
@@ -142,7 +148,7 @@ task<> run_handler(std::shared_ptr<loop_share> s, connection conn, asio::ip::add
 }
 
 // On `s`'s loop: wraps an accepted socket, and starts its handler or turns it away.
-void deliver(const std::shared_ptr<loop_share>& s, asio::ip::tcp::socket socket) {
+void deliver(const std::shared_ptr<loop_share>& s, stream_socket socket) {
     auto impl = std::make_shared<connection_impl>(s->owner, std::move(socket), s->counters);
     connection conn(impl);
     auto& options = s->common->options;
@@ -269,6 +275,8 @@ task<> server::serve(connection_handler handler, serve_options options) {
                         " (balance_mode::reuse_port needs listen_options{.reuse_port = true})");
     }
     auto common = std::make_shared<serve_common>(std::move(handler), options);
+    common->tls = listener->tls;
+    common->handshake_timeout = listener->handshake_timeout;
     auto main = std::make_shared<loop_share>(listener->owner, common, listener->counters);
     common->main = main;
 

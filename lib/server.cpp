@@ -3,6 +3,8 @@
 #include <cerrno>
 #include <cstdio>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <asio/ip/v6_only.hpp>
 #include <asio/post.hpp>
@@ -51,17 +53,66 @@ constexpr std::chrono::milliseconds max_backoff{1000};
 
 }  // namespace
 
+namespace {
+
+// The stale-file policy of a Unix socket path: a socket file that nothing listens on (left by a
+// crashed run) is removed; a live one, or a file that is not a socket, is never touched.
+void clear_stale_socket_file(const address& at) {
+    const auto& path = at.path();
+    struct stat st {};
+    if (::lstat(path.c_str(), &st) != 0) return;  // nothing there; bind() reports the rest
+    if (!S_ISSOCK(st.st_mode)) {
+        throw error(errc::bind_failed, "listen " + at.to_string() + " (exists, not a socket)",
+                    EADDRINUSE);
+    }
+    int probe = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (probe < 0) throw error(errc::socket_creation_failed, "probe " + at.to_string(), errno);
+    auto endpoint = generic_endpoint(at);
+    int rc = ::connect(probe, endpoint.data(), static_cast<socklen_t>(endpoint.size()));
+    int err = rc == 0 ? 0 : errno;
+    ::close(probe);
+    if (rc == 0 || err == EAGAIN) {  // accepted, or queued behind a full backlog: alive
+        throw error(errc::bind_failed, "listen " + at.to_string() + " (a server listens there)",
+                    EADDRINUSE);
+    }
+    if (err != ECONNREFUSED) return;  // bind() reports what is wrong
+    if (::unlink(path.c_str()) == 0) {
+        log(spdlog::level::info, "removed stale socket file {}", path);
+    }
+}
+
+}  // namespace
+
+std::shared_ptr<tls_state> server_tls(const tls_context& tls, const address& at) {
+    const auto& settings = tls_access::state(tls);
+    if (!settings) return nullptr;
+#if NETLOOP_HAS_TLS
+    if (!settings->server_side) {
+        throw error(errc::invalid_argument,
+                    "listen " + at.to_string() + " (needs a tls_context::server())");
+    }
+#else
+    (void)at;
+#endif
+    return settings;
+}
+
 std::shared_ptr<server_state> open_listener(const address& at, const listen_options& options,
                                             loop& l) {
     if (options.backlog < 0) {
         throw error(errc::invalid_argument, "listen " + at.to_string() + " (negative backlog)");
     }
-    asio::ip::tcp::acceptor acceptor(l.context());
+    if (at.is_unix() && options.reuse_port) {
+        throw error(errc::invalid_argument, "listen " + at.to_string() + " (reuse_port is TCP's)");
+    }
+    auto tls = server_tls(options.tls, at);
+    auto endpoint = generic_endpoint(at);
+    stream_acceptor acceptor(l.context());
     asio::error_code ec;
-    acceptor.open(at.endpoint().protocol(), ec);
+    acceptor.open(endpoint.protocol(), ec);
     if (ec) throw error(errc::socket_creation_failed, "socket " + at.to_string(), ec.value());
     if (at.is_v6()) acceptor.set_option(asio::ip::v6_only(options.v6_only), ec);
-    acceptor.set_option(asio::socket_base::reuse_address(true), ec);
+    if (!at.is_unix()) acceptor.set_option(asio::socket_base::reuse_address(true), ec);
     if (options.reuse_port) {
         int on = 1;
         if (::setsockopt(acceptor.native_handle(), SOL_SOCKET, SO_REUSEPORT, &on, sizeof on) != 0) {
@@ -69,25 +120,62 @@ std::shared_ptr<server_state> open_listener(const address& at, const listen_opti
         }
     }
     acceptor.non_blocking(true, ec);
-    acceptor.bind(at.endpoint(), ec);
+    bool file = at.is_unix() && at.path().front() != '@';
+    if (file) clear_stale_socket_file(at);
+    acceptor.bind(endpoint, ec);
     if (ec) throw error(errc::bind_failed, "bind " + at.to_string(), ec.value());
+    // From here on the file is ours: remove it if listening fails.
+    auto remove_on_failure = [&] {
+        if (file) ::unlink(at.path().c_str());
+    };
+    if (file && options.file_mode >= 0 &&
+        ::chmod(at.path().c_str(), static_cast<mode_t>(options.file_mode)) != 0) {
+        int err = errno;
+        remove_on_failure();
+        throw error(errc::option_failed, "chmod " + at.to_string(), err);
+    }
     acceptor.listen(options.backlog, ec);
-    if (ec) throw error(errc::listen_failed, "listen " + at.to_string(), ec.value());
+    if (ec) {
+        remove_on_failure();
+        throw error(errc::listen_failed, "listen " + at.to_string(), ec.value());
+    }
     auto state = std::make_shared<server_state>(l, std::move(acceptor));
     state->backlog = options.backlog;
     state->reuse_port = options.reuse_port;
     state->v6_only = options.v6_only;
+    state->tls = std::move(tls);
+    state->handshake_timeout = options.handshake_timeout;
+    if (file) state->own_socket_file(at.path());
     return state;
 }
 
-server_state::server_state(loop& l, asio::ip::tcp::acceptor a)
+server_state::server_state(loop& l, stream_acceptor a)
     : owner(l), acceptor(std::move(a)), listen_fd(acceptor.native_handle()) {
     asio::error_code ec;
-    local = address(acceptor.local_endpoint(ec));
+    local = from_generic(acceptor.local_endpoint(ec));
+}
+
+void server_state::own_socket_file(const std::string& path) {
+    struct stat st {};
+    if (::stat(path.c_str(), &st) != 0) return;
+    socket_file_ = path;
+    socket_file_id_ = {st.st_dev, st.st_ino};
+    remove_socket_file_ = true;
+}
+
+void server_state::remove_socket_file() noexcept {
+    if (!remove_socket_file_.exchange(false)) return;
+    // Only the file this server bound: a successor may have bound a new one at the path.
+    struct stat st {};
+    if (::lstat(socket_file_.c_str(), &st) == 0 && st.st_dev == socket_file_id_.first &&
+        st.st_ino == socket_file_id_.second) {
+        ::unlink(socket_file_.c_str());
+    }
 }
 
 void server_state::close() noexcept {
     if (closed.exchange(true)) return;
+    remove_socket_file();
     {
         std::lock_guard lock(linked_mutex_);
         for (auto& other : linked_) other->close();
@@ -133,6 +221,20 @@ void server_state::close_here() noexcept {
     log(spdlog::level::debug, "server {} closed", local.to_string());
 }
 
+task<bool> handshake_or_count(std::shared_ptr<connection_impl> c,
+                              std::shared_ptr<tls_state> settings, duration timeout,
+                              server_counters& counters) {
+    try {
+        co_await tls_handshake(c, std::move(settings), {}, timeout);
+        co_return true;
+    } catch (const error& e) {
+        if (e.kind() == errc::cancelled) throw;
+        server_counters::add(counters.handshake_failures, 1);
+        log(spdlog::level::info, "{}", e.what());
+        co_return false;
+    }
+}
+
 }  // namespace detail
 
 connection_stream::connection_stream(std::shared_ptr<detail::server_state> state) noexcept
@@ -140,8 +242,8 @@ connection_stream::connection_stream(std::shared_ptr<detail::server_state> state
 
 namespace detail {
 
-task<std::optional<asio::ip::tcp::socket>> accept_next(std::shared_ptr<server_state> state,
-                                                       asio::io_context& into) {
+task<std::optional<stream_socket>> accept_next(std::shared_ptr<server_state> state,
+                                               asio::io_context& into) {
     auto& s = *state;
     for (;;) {
         if (s.closed) co_return std::nullopt;
@@ -180,12 +282,20 @@ task<std::optional<asio::ip::tcp::socket>> accept_next(std::shared_ptr<server_st
 
 task<std::optional<connection>> connection_stream::next() {
     auto state = state_;  // the frame keeps the server state alive
-    auto socket = co_await detail::accept_next(state, state->owner.context());
-    if (!socket) co_return std::nullopt;
-    auto impl = std::make_shared<detail::connection_impl>(state->owner, std::move(*socket),
-                                                          state->counters);
-    detail::log(spdlog::level::debug, "accepted {}", impl->remote.to_string());
-    co_return connection(std::move(impl));
+    for (;;) {
+        auto socket = co_await detail::accept_next(state, state->owner.context());
+        if (!socket) co_return std::nullopt;
+        auto impl = std::make_shared<detail::connection_impl>(state->owner, std::move(*socket),
+                                                              state->counters);
+        detail::log(spdlog::level::debug, "accepted {}", impl->remote.to_string());
+        connection conn(impl);
+        if (!state->tls) co_return std::move(conn);
+        // One handshake at a time: serve() runs them side by side, in each connection's task.
+        if (co_await detail::handshake_or_count(impl, state->tls, state->handshake_timeout,
+                                                *state->counters)) {
+            co_return std::move(conn);
+        }
+    }
 }
 
 server::server(std::shared_ptr<detail::server_state> state) noexcept : state_(std::move(state)) {}
@@ -244,6 +354,7 @@ server_stats server::stats() const noexcept {
             total.bytes_read += server_counters::get(c->bytes_read);
             total.bytes_written += server_counters::get(c->bytes_written);
             total.accept_errors += server_counters::get(c->accept_errors);
+            total.handshake_failures += server_counters::get(c->handshake_failures);
         }
     } catch (...) {
         // all_counters() copies a few pointers; without memory there is nothing to add up.

@@ -8,6 +8,9 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <string>
+#include <sys/types.h>
+#include <utility>
 #include <vector>
 
 #include <netloop/address.hpp>
@@ -15,14 +18,15 @@
 #include <netloop/server.hpp>
 
 #include "connection_impl.hpp"
+#include "endpoint.hpp"
 
 namespace netloop::detail {
 
 struct server_state : std::enable_shared_from_this<server_state> {
-    server_state(loop& l, asio::ip::tcp::acceptor a);
+    server_state(loop& l, stream_acceptor a);
 
     loop& owner;
-    asio::ip::tcp::acceptor acceptor;
+    stream_acceptor acceptor;
     // The listening descriptor, fixed at construction: close() from another thread shuts it
     // down without touching the acceptor object, which belongs to the loop's thread.
     const int listen_fd;
@@ -31,6 +35,8 @@ struct server_state : std::enable_shared_from_this<server_state> {
     int backlog = 128;
     bool reuse_port = false;
     bool v6_only = true;
+    std::shared_ptr<tls_state> tls;  // a server context: connections are TLS
+    duration handshake_timeout = std::chrono::seconds(10);
     std::shared_ptr<server_counters> counters = std::make_shared<server_counters>();
 
     // Accept back-off after EMFILE and friends: the current delay (zero when healthy).
@@ -44,6 +50,10 @@ struct server_state : std::enable_shared_from_this<server_state> {
     // and posts the close of the acceptor to the loop.
     void close() noexcept;
 
+    // A Unix socket file this server bound: removed on close(), unless handed to a successor.
+    void own_socket_file(const std::string& path);
+    void keep_socket_file() noexcept { remove_socket_file_ = false; }
+
     // reuse_port listeners that serve() opened on other loops for this server: closed with it.
     void link(std::shared_ptr<server_state> other);
     // Counters of the other loops serving this server; stats() adds them up.
@@ -52,6 +62,10 @@ struct server_state : std::enable_shared_from_this<server_state> {
 
 private:
     void close_here() noexcept;
+    void remove_socket_file() noexcept;
+    std::string socket_file_;
+    std::pair<dev_t, ino_t> socket_file_id_{};
+    std::atomic<bool> remove_socket_file_{false};
     mutable std::mutex linked_mutex_;
     std::vector<std::shared_ptr<server_state>> linked_;
     std::vector<std::shared_ptr<server_counters>> extra_counters_;
@@ -59,7 +73,11 @@ private:
 
 struct server_access {
     static server make(std::shared_ptr<server_state> state) { return server(std::move(state)); }
+    static server_state& state(const server& s) noexcept { return *s.state_; }
 };
+
+// The server side of `tls` (null without TLS); throws invalid_argument for a client context.
+std::shared_ptr<tls_state> server_tls(const tls_context& tls, const address& at);
 
 // Makes a listening socket: non-blocking, SO_REUSEADDR (and SO_REUSEPORT if asked), bound.
 std::shared_ptr<server_state> open_listener(const address& at, const listen_options& options,
@@ -67,7 +85,13 @@ std::shared_ptr<server_state> open_listener(const address& at, const listen_opti
 
 // Accepts the next connection into a socket of `into` (another loop's io_context, for a
 // hand-off), with the back-off of connection_stream::next(); nullopt once closed or cancelled.
-task<std::optional<asio::ip::tcp::socket>> accept_next(std::shared_ptr<server_state> state,
-                                                       asio::io_context& into);
+task<std::optional<stream_socket>> accept_next(std::shared_ptr<server_state> state,
+                                               asio::io_context& into);
+
+// The TLS handshake of an accepted connection, bounded by `timeout`: true if it succeeded;
+// false, logged and counted in `counters.handshake_failures`, if it failed. Cancellation throws.
+task<bool> handshake_or_count(std::shared_ptr<connection_impl> c,
+                              std::shared_ptr<tls_state> settings, duration timeout,
+                              server_counters& counters);
 
 }  // namespace netloop::detail

@@ -58,14 +58,18 @@ bool wait_for_text(const std::string& path, const std::string& text,
 }
 
 // One echo of `size` bytes to 127.0.0.1:port; true if byte-exact.
-bool echo_once(std::uint16_t port, std::size_t size = 1000) {
+bool echo_once(const address& to, std::size_t size = 1000) {
     return run_bounded([&]() -> task<bool> {
-        auto c = co_await netloop::connect(address::ipv4("127.0.0.1", port), 5s);
+        auto c = co_await netloop::connect(to, 5s);
         auto msg = netloop::test::pattern(size, 4);
         co_await c.write(msg, 5s);
         auto back = co_await netloop::test::read_n(c, size);
         co_return back == msg;
     });
+}
+
+bool echo_once(std::uint16_t port, std::size_t size = 1000) {
+    return echo_once(address::ipv4("127.0.0.1", port), size);
 }
 
 // A datagram socket at `path` (or an abstract name if it starts with '@'), as a NOTIFY_SOCKET.
@@ -163,6 +167,28 @@ TEST_CASE("the daemon serves a socket passed by systemd-socket-activate and neve
     CHECK(echo_once(port));
     daemon->signal(SIGTERM);
     CHECK(daemon->exited_with(0, 15s));
+}
+
+TEST_CASE("the daemon serves a Unix socket passed by systemd-socket-activate and leaves its file",
+          "[activation][unix]") {
+    temp_dir dir;
+    auto path = dir.path + "/daemon.sock";
+    auto err = dir.path + "/activate.err";
+    child_process daemon(
+        std::vector<std::string>{"/usr/bin/systemd-socket-activate", "-l", path,
+                                 netloop::test::sample_path("daemon"), "--log-level", "debug"},
+        std::vector<std::string>{}, err);
+    REQUIRE(wait_for_text(err, "Listening on"));
+    CHECK(echo_once(address::unix_socket(path), 100000));
+    auto line = daemon.read_line();
+    CHECK(line == std::optional<std::string>("listening on unix:" + path));
+    CHECK(wait_for_text(err, "adopted fd 3 (unix:" + path));
+    CHECK(echo_once(address::unix_socket(path)));
+    daemon.signal(SIGTERM);
+    CHECK(daemon.exited_with(0, 15s));
+    // The file belongs to whoever made the socket (the activator here), not to the daemon.
+    CHECK(::access(path.c_str(), F_OK) == 0);
+    ::unlink(path.c_str());
 }
 
 TEST_CASE("the daemon reports READY=1, WATCHDOG=1 twice a second, and STOPPING=1",

@@ -19,6 +19,9 @@
 #include "support/process.hpp"
 #include "support/serve_helpers.hpp"
 #include "support/temp_file.hpp"
+#if NETLOOP_HAS_TLS
+#include "support/test_certs.hpp"
+#endif
 
 using namespace std::chrono_literals;
 using netloop::address;
@@ -299,4 +302,65 @@ TEST_CASE(
     bool prefix = r.received.size() <= sent.size() &&
                   std::equal(r.received.begin(), r.received.end(), sent.begin());
     CHECK(prefix);
+}
+
+#if NETLOOP_HAS_TLS
+TEST_CASE(
+    "daemon --tls-cert/--tls-key: openssl s_client verifies the certificate, completes a "
+    "handshake and round-trips a line",
+    "[samples][daemon][tls]") {
+    auto version = GENERATE(as<std::string>{}, "-tls1_3", "-tls1_2");
+    temp_file cert, key, ca, err, client_out, client_err;
+    cert.write(netloop::test::pki().leaf.cert);
+    key.write(netloop::test::pki().leaf.key);
+    ca.write(netloop::test::pki().ca.cert);
+    child_process daemon(daemon_args({"--tls-cert", cert.path(), "--tls-key", key.path()}), {},
+                         err.path());
+    auto port = daemon.announced_port();
+    REQUIRE(port != 0);
+    // s_client sends the line, and its stdin stays open until the echo has come back (at most
+    // 10 s); -verify_return_error makes a certificate that does not verify fail the run.
+    std::string script =
+        "{ printf 'hello over tls\\n'; i=0; while [ $i -lt 200 ] && ! grep -q "
+        "'hello over tls' '" +
+        client_out.path() +
+        "'; do sleep 0.05; "
+        "i=$((i+1)); done; } | timeout 20 openssl s_client -connect 127.0.0.1:" +
+        std::to_string(port) + " -CAfile '" + ca.path() + "' " + version +
+        " -verify_return_error -brief -no_ign_eof > '" + client_out.path() + "' 2> '" +
+        client_err.path() + "'";
+    child_process client({"/bin/sh", "-c", script});
+    CHECK(client.exited_with(0, 30s));
+    CAPTURE(client_err.contents());
+    CHECK(client_out.contents() == "hello over tls\n");
+    CHECK(client_err.contents().find("Verification: OK") != std::string::npos);
+    CHECK(client_err.contents().find(version == "-tls1_3" ? "TLSv1.3" : "TLSv1.2") !=
+          std::string::npos);
+    daemon.signal(SIGTERM);
+    CAPTURE(err.contents());
+    CHECK(daemon.exited_with(0, 10s));
+    CHECK(err.contents().find("handshake_failures=0") != std::string::npos);
+}
+#endif
+
+TEST_CASE("daemon --unix serves a Unix socket and removes its file on exit",
+          "[samples][daemon][unix]") {
+    auto path = (std::filesystem::temp_directory_path() /
+                 ("netloop-daemon-" + std::to_string(::getpid()) + ".sock"))
+                    .string();
+    temp_file err;
+    child_process daemon({netloop::test::sample_path("daemon"), "--unix", path}, {}, err.path());
+    auto line = daemon.read_line();
+    REQUIRE(line.has_value());
+    CHECK(*line == "listening on unix:" + path);
+    CHECK(std::filesystem::is_socket(path));
+    auto echoed = run_bounded([&]() -> task<std::string> {
+        auto c = co_await netloop::connect(address::unix_socket(path), 5s);
+        co_return co_await echo_once(c, "over a unix socket");
+    });
+    CHECK(echoed == "over a unix socket");
+    daemon.signal(SIGTERM);
+    CAPTURE(err.contents());
+    CHECK(daemon.exited_with(0, 10s));
+    CHECK_FALSE(std::filesystem::exists(path));
 }

@@ -5,10 +5,12 @@
 #include "support/bounded.hpp"
 #include "support/catch.hpp"
 #include "support/loopback.hpp"
+#include "support/transport.hpp"
 
 using namespace std::chrono_literals;
 using netloop::errc;
 using netloop::task;
+using netloop::test::make_pair_over;
 using netloop::test::run_bounded;
 
 namespace {
@@ -27,10 +29,11 @@ std::string text(std::span<const std::byte> b) {
 }  // namespace
 
 TEST_CASE("read_until() reassembles frames split across 1-byte writes", "[framing]") {
+    auto transport = NETLOOP_TRANSPORTS;
     auto delimiter = GENERATE(as<std::string>{}, "\n", "\r\n", "--END--");
-    CAPTURE(delimiter);
+    CAPTURE(transport, delimiter);
     auto frames = run_bounded([&]() -> task<std::vector<std::string>> {
-        auto pair = co_await netloop::test::make_pair();
+        auto pair = co_await make_pair_over(transport);
         std::string data = "alpha" + delimiter + "" + delimiter + "gamma gamma" + delimiter;
         netloop::spawn(write_in_pieces(pair.client_side, data, 1));
         std::vector<std::string> out;
@@ -45,9 +48,11 @@ TEST_CASE("read_until() reassembles frames split across 1-byte writes", "[framin
 
 TEST_CASE("many frames in one write come out one by one, and the rest goes to read()",
           "[framing]") {
+    auto transport = NETLOOP_TRANSPORTS;
+    CAPTURE(transport);
     auto [frames, rest] =
-        run_bounded([]() -> task<std::pair<std::vector<std::string>, std::string>> {
-            auto pair = co_await netloop::test::make_pair();
+        run_bounded([&]() -> task<std::pair<std::vector<std::string>, std::string>> {
+            auto pair = co_await make_pair_over(transport);
             std::string data;
             for (int i = 0; i < 1000; ++i) data += "line " + std::to_string(i) + "\n";
             data += "tail bytes";
@@ -71,10 +76,12 @@ TEST_CASE(
     "a frame of exactly max_length passes; one byte more is message_too_large and loses "
     "nothing",
     "[framing]") {
+    auto transport = NETLOOP_TRANSPORTS;
+    CAPTURE(transport);
     auto [exact, over, still_buffered,
-          after] = run_bounded([]() -> task<std::tuple<std::string, errc, std::size_t,
-                                                       std::string>> {
-        auto pair = co_await netloop::test::make_pair();
+          after] = run_bounded([&]() -> task<std::tuple<std::string, errc, std::size_t,
+                                                        std::string>> {
+        auto pair = co_await make_pair_over(transport);
         std::string fits(16, 'a');
         std::string too_long(17, 'b');
         co_await pair.client_side.write(fits + "\n" + too_long + "\nnext\n", 5s);
@@ -102,8 +109,10 @@ TEST_CASE(
 
 TEST_CASE("a long line without a delimiter is message_too_large once max_length is exceeded",
           "[framing]") {
-    auto kind = run_bounded([]() -> task<errc> {
-        auto pair = co_await netloop::test::make_pair();
+    auto transport = NETLOOP_TRANSPORTS;
+    CAPTURE(transport);
+    auto kind = run_bounded([&]() -> task<errc> {
+        auto pair = co_await make_pair_over(transport);
         netloop::spawn(write_in_pieces(pair.client_side, std::string(100000, 'x'), 7000));
         try {
             (void)co_await pair.server_side.read_until("\r\n", 4096, 5s);
@@ -116,11 +125,12 @@ TEST_CASE("a long line without a delimiter is message_too_large once max_length 
 }
 
 TEST_CASE("a delimiter split across reads and across the buffer's growth is found", "[framing]") {
+    auto transport = NETLOOP_TRANSPORTS;
     auto frame_size = GENERATE(std::size_t{4094}, std::size_t{4095}, std::size_t{4096},
                                std::size_t{8191}, std::size_t{20000});
-    CAPTURE(frame_size);
+    CAPTURE(transport, frame_size);
     auto got = run_bounded([&]() -> task<std::size_t> {
-        auto pair = co_await netloop::test::make_pair();
+        auto pair = co_await make_pair_over(transport);
         std::string data(frame_size, 'z');
         data += "\r\n";
         // Split right inside the delimiter.
@@ -138,8 +148,10 @@ TEST_CASE(
     "EOF in the middle of a frame is connection_closed and the partial frame stays "
     "buffered",
     "[framing]") {
-    auto [kind, partial] = run_bounded([]() -> task<std::pair<errc, std::string>> {
-        auto pair = co_await netloop::test::make_pair();
+    auto transport = NETLOOP_TRANSPORTS;
+    CAPTURE(transport);
+    auto [kind, partial] = run_bounded([&]() -> task<std::pair<errc, std::string>> {
+        auto pair = co_await make_pair_over(transport);
         co_await pair.client_side.write(std::string_view("complete\npartial"), 5s);
         pair.client_side.close();
         auto first = co_await pair.server_side.read_until("\n", 64, 5s);
@@ -157,8 +169,10 @@ TEST_CASE(
 
 TEST_CASE("read_exactly() fills the buffer across many small writes, and times out as one call",
           "[framing]") {
-    auto [ok, kind] = run_bounded([]() -> task<std::pair<bool, errc>> {
-        auto pair = co_await netloop::test::make_pair();
+    auto transport = NETLOOP_TRANSPORTS;
+    CAPTURE(transport);
+    auto [ok, kind] = run_bounded([&]() -> task<std::pair<bool, errc>> {
+        auto pair = co_await make_pair_over(transport);
         auto data = netloop::test::pattern(50000, 5);
         netloop::spawn([](netloop::connection& c, std::vector<std::byte> d) -> task<> {
             for (std::size_t at = 0; at < d.size(); at += 999) {
@@ -183,9 +197,11 @@ TEST_CASE("read_exactly() fills the buffer across many small writes, and times o
 }
 
 TEST_CASE("a parser consumes from buffered() with fill(), without a copy per frame", "[framing]") {
+    auto transport = NETLOOP_TRANSPORTS;
+    CAPTURE(transport);
     // Length-prefixed records: one byte of length, then the payload.
-    auto records = run_bounded([]() -> task<std::vector<std::string>> {
-        auto pair = co_await netloop::test::make_pair();
+    auto records = run_bounded([&]() -> task<std::vector<std::string>> {
+        auto pair = co_await make_pair_over(transport);
         std::string wire;
         for (const std::string& r :
              std::vector<std::string>{"a", "bb", "", "dddd", std::string(200, 'e')}) {
@@ -213,8 +229,10 @@ TEST_CASE("a parser consumes from buffered() with fill(), without a copy per fra
 }
 
 TEST_CASE("fill() refuses to grow past max_buffered", "[framing]") {
-    auto kind = run_bounded([]() -> task<errc> {
-        auto pair = co_await netloop::test::make_pair();
+    auto transport = NETLOOP_TRANSPORTS;
+    CAPTURE(transport);
+    auto kind = run_bounded([&]() -> task<errc> {
+        auto pair = co_await make_pair_over(transport);
         co_await pair.client_side.write(std::string(100, 'q'), 5s);
         while (pair.server_side.buffered().size() < 64) {
             (void)co_await pair.server_side.fill(5s, 64);

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MIT
-// address: an IPv4 or IPv6 endpoint, made from text or from parts.
+// address: an IPv4 or IPv6 endpoint, or a Unix domain socket, made from text or from parts.
 #pragma once
 
 #include <cstdint>
@@ -10,7 +10,11 @@
 
 namespace netloop {
 
-/// An IP address and a port.
+namespace detail {
+struct address_access;
+}
+
+/// An IP address and a port, or the name of a Unix domain socket.
 ///
 /// IPv4-mapped IPv6 addresses (`::ffff:127.0.0.1`) are normalised to IPv4, so a peer reads the
 /// same whether the server listens on a dual-stack or an IPv4 socket.
@@ -32,33 +36,51 @@ public:
     /// Throws `error` with `errc::invalid_address` if `host` is not an IPv6 literal.
     [[nodiscard]] static address ipv6(std::string_view host, std::uint16_t port);
 
-    /// Parses `"a.b.c.d:port"` or `"[v6]:port"`; the port is 0 to 65535.
+    /// A Unix domain stream socket: a file path (`"/run/app.sock"`), or a Linux abstract name
+    /// written with a leading '@' (`"@app"`), which no file backs.
+    ///
+    /// Throws `error` with `errc::invalid_address` if `path` is empty, holds a NUL byte, or is
+    /// longer than a `sockaddr_un` holds (107 bytes).
+    [[nodiscard]] static address unix_socket(std::string_view path);
+
+    /// Parses `"a.b.c.d:port"`, `"[v6]:port"` (the port is 0 to 65535) or `"unix:<path>"`.
     ///
     /// Throws `error` with `errc::invalid_address` for anything else (host names included: they
     /// need a resolver, not a parser).
     [[nodiscard]] static address parse(std::string_view text);
 
-    /// `"127.0.0.1:8080"` or `"[::1]:8080"`: the form `parse()` reads.
+    /// `"127.0.0.1:8080"`, `"[::1]:8080"` or `"unix:/run/app.sock"`: the form `parse()` reads.
+    /// An unnamed Unix socket (a connecting client's, usually) prints as `"unix:"`.
     [[nodiscard]] std::string to_string() const;
 
-    /// The address without the port: `"127.0.0.1"` or `"::1"`.
+    /// The address without the port: `"127.0.0.1"` or `"::1"`; the path of a Unix socket.
     [[nodiscard]] std::string host() const;
 
-    /// The port, in host byte order.
+    /// The port, in host byte order; 0 for a Unix socket.
     [[nodiscard]] std::uint16_t port() const noexcept { return endpoint_.port(); }
 
     /// True for an IPv6 address.
     [[nodiscard]] bool is_v6() const noexcept { return endpoint_.address().is_v6(); }
 
-    /// The Asio endpoint, for code that talks to Asio directly.
+    /// True for a Unix domain socket.
+    [[nodiscard]] bool is_unix() const noexcept { return unix_; }
+
+    /// A Unix socket's path (`'@'` first for an abstract name; empty if unnamed); empty for IP.
+    [[nodiscard]] const std::string& path() const noexcept { return path_; }
+
+    /// The Asio endpoint of an IP address, for code that talks to Asio directly (`0.0.0.0:0`
+    /// for a Unix socket).
     [[nodiscard]] const asio::ip::tcp::endpoint& endpoint() const noexcept { return endpoint_; }
 
     friend bool operator==(const address& a, const address& b) noexcept {
-        return a.endpoint_ == b.endpoint_;
+        return a.unix_ == b.unix_ && a.endpoint_ == b.endpoint_ && a.path_ == b.path_;
     }
 
 private:
+    friend struct detail::address_access;
     asio::ip::tcp::endpoint endpoint_{asio::ip::address_v4::any(), 0};
+    std::string path_;
+    bool unix_ = false;
 };
 
 }  // namespace netloop

@@ -1,18 +1,23 @@
 // SPDX-License-Identifier: MIT
-// connection: one TCP stream, read and written by coroutines with per-call timeouts.
+// connection: one stream (TCP or Unix socket), read and written by coroutines with per-call
+// timeouts.
 #pragma once
 
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <span>
+#include <string>
 #include <string_view>
+#include <sys/types.h>
 #include <vector>
 
 #include <netloop/address.hpp>
 #include <netloop/loop.hpp>
 #include <netloop/task.hpp>
+#include <netloop/tls.hpp>
 
 namespace netloop {
 
@@ -21,7 +26,15 @@ struct connection_impl;
 struct connection_access;
 }  // namespace detail
 
-/// One TCP connection: an accepted peer or a connected client.
+/// The credentials of a Unix socket peer's process, taken when it connected (SO_PEERCRED).
+struct peer_credentials {
+    pid_t pid = 0;
+    uid_t uid = 0;
+    gid_t gid = 0;
+};
+
+/// One connection, TCP or Unix domain stream socket: an accepted peer or a connected client.
+/// Everything below works the same over both, except where a call names TCP.
 ///
 /// One `read()` and one `write()` may be pending at the same time (full duplex, e.g. from two
 /// tasks); two reads or two writes at once are not allowed. Cancelling the task that awaits a
@@ -88,12 +101,16 @@ public:
     /// Throws `error` with `errc::timeout` if not all were written within `timeout`, with
     /// `bytes_written()` saying how many were; the connection stays usable and the caller may
     /// resume from there. `errc::connection_reset` if the peer is gone. Never raises SIGPIPE.
+    /// Over TLS a write that times out or is cancelled may have sent half a record, so it
+    /// closes the connection (with a reset) instead: `bytes_written()` still says how many of
+    /// `bytes` went out, but there is nothing to resume.
     [[nodiscard]] task<> write(std::span<const std::byte> bytes, duration timeout);
 
     /// Writes all of `text`; see `write(span, timeout)`.
     [[nodiscard]] task<> write(std::string_view text, duration timeout);
 
     /// Shuts down the sending side (the peer reads EOF); reading goes on. Harmless if closed.
+    /// Over TLS it sends close_notify, TLS's end of data.
     void shutdown_write() noexcept;
 
     /// Closes gracefully and returns at once. Pending operations end with
@@ -118,13 +135,26 @@ public:
     /// The local end's address.
     [[nodiscard]] const address& local_address() const noexcept;
 
+    /// True for a TLS connection (a server listening with `listen_options::tls`, or a
+    /// `connect` with a `tls_context`).
+    [[nodiscard]] bool is_tls() const noexcept;
+
+    /// The ALPN protocol the TLS handshake agreed on; empty without TLS or without ALPN.
+    [[nodiscard]] std::string tls_alpn() const;
+
+    /// The peer process's pid, uid and gid, for a Unix socket (local authorization); nullopt
+    /// over TCP.
+    [[nodiscard]] std::optional<peer_credentials> credentials() const;
+
     /// TCP_NODELAY: send small writes at once instead of coalescing them (Nagle). Off by
-    /// default, as the kernel has it. Throws `error` with `errc::option_failed`.
+    /// default, as the kernel has it. A no-op on a Unix socket, which has no Nagle.
+    /// Throws `error` with `errc::option_failed`.
     void set_no_delay(bool on);
 
     /// SO_KEEPALIVE with TCP_KEEPIDLE, TCP_KEEPINTVL and TCP_KEEPCNT: after `idle` without
     /// traffic, probe every `interval`, and give up after `count` unanswered probes (pending
     /// I/O then fails with `errc::connection_reset` or a read/write error). Off by default.
+    /// A no-op on a Unix socket (a local peer's death is seen at once).
     /// Throws `error` with `errc::option_failed`.
     void set_keep_alive(bool on, duration idle = std::chrono::seconds(60),
                         duration interval = std::chrono::seconds(10), int count = 6);
@@ -134,7 +164,8 @@ public:
     void set_buffer_sizes(int send_bytes, int receive_bytes);
 
     /// The socket, for options netloop does not wrap. Do not start I/O on it behind netloop.
-    [[nodiscard]] asio::ip::tcp::socket& socket() noexcept;
+    /// Asio's generic stream socket serves TCP and Unix sockets alike.
+    [[nodiscard]] asio::generic::stream_protocol::socket& socket() noexcept;
 
     /// The loop this connection lives on.
     [[nodiscard]] netloop::loop& owner() const noexcept;
@@ -144,13 +175,23 @@ private:
     std::shared_ptr<detail::connection_impl> impl_;
 };
 
-/// Connects to `to` and returns the connection.
+/// Connects to `to` (an IP address or a Unix socket) and returns the connection.
 ///
 /// Throws `error` with `errc::connect_failed` (with errno, e.g. ECONNREFUSED) if the connect
 /// fails, `errc::timeout` if it does not complete within `timeout`, `errc::cancelled` if the
 /// awaiting task is cancelled.
 [[nodiscard]] task<connection> connect(const address& to, duration timeout,
                                        loop& l = loop::current());
+
+/// Connects to `to`, then performs a TLS handshake as a client of `tls`; `timeout` bounds both.
+/// The server's certificate is verified (unless `tls.set_verify_peer(false)`) for
+/// `server_name`, which is also sent as SNI when it is a host name; empty means `to`'s IP
+/// address (or, for a Unix socket, the chain alone).
+///
+/// Throws as `connect()`, and `error` with `errc::tls_failed` (OpenSSL's reason in `what()`,
+/// e.g. "certificate verify failed") if the handshake fails.
+[[nodiscard]] task<connection> connect(const address& to, const tls_context& tls, duration timeout,
+                                       std::string server_name = {}, loop& l = loop::current());
 
 /// Resolves `host` (a name such as "localhost", or an IP literal) with Asio's resolver and
 /// returns its addresses with `port`, IPv6 and IPv4 as the system orders them.
@@ -165,5 +206,10 @@ private:
 /// turn; `timeout` bounds the whole call. Throws as `resolve()` and `connect()`.
 [[nodiscard]] task<connection> connect(std::string_view host_and_port, duration timeout,
                                        loop& l = loop::current());
+
+/// `connect("host:port")` over TLS: the certificate is verified for `host`, which is sent as
+/// SNI. Throws as both.
+[[nodiscard]] task<connection> connect(std::string_view host_and_port, const tls_context& tls,
+                                       duration timeout, loop& l = loop::current());
 
 }  // namespace netloop

@@ -21,8 +21,14 @@ namespace netloop {
 ///
 /// Throws `error` with `errc::activation_failed`, adopting nothing, when the environment is
 /// wrong: LISTEN_PID names another process, LISTEN_FDS is not a count, LISTEN_FDNAMES has
-/// another count, or an fd is not a listening TCP socket (SO_ACCEPTCONN, IPv4 or IPv6).
+/// another count, or an fd is not a listening stream socket (SO_ACCEPTCONN; IPv4, IPv6 or
+/// Unix). An adopted Unix socket's file belongs to whoever made it: `close()` leaves it.
 [[nodiscard]] std::vector<server> listen_activated(loop& l = loop::current());
+
+/// As above, with the listen options that apply to a socket made elsewhere: `tls` and
+/// `handshake_timeout` (the rest was decided by whoever made the socket).
+[[nodiscard]] std::vector<server> listen_activated(const listen_options& options,
+                                                   loop& l = loop::current());
 
 /// Sends `state` (e.g. "READY=1") to the service manager's NOTIFY_SOCKET (a path, or an
 /// abstract name starting with '@'). Returns false, doing nothing, when NOTIFY_SOCKET is unset;
@@ -48,7 +54,8 @@ bool notify_status(std::string_view text) noexcept;
 /// through the LISTEN_FDS protocol — it adopts them with `listen_activated()` — and waits, up
 /// to `ready_timeout`, for it to send READY=1 on a NOTIFY_SOCKET of ours. Returns its pid; the
 /// caller then stops accepting and drains (nginx-style restart: the kernel's accept queue is
-/// shared, so no connection is refused or reset in between).
+/// shared, so no connection is refused or reset in between). A Unix socket file then belongs
+/// to the successor: this process's `close()` no longer removes it.
 ///
 /// Throws `error` with `errc::spawn_failed` if it cannot be started, exits, or is not ready
 /// in time (it is then killed).

@@ -32,6 +32,7 @@ enum class errc {
     spawn_failed,                ///< a successor process could not be started or never got ready.
     resolve_failed,              ///< a host name did not resolve (no such name, no resolver).
     option_failed,               ///< a socket option could not be set.
+    tls_failed,                  ///< a TLS handshake, certificate or record failed.
 };
 
 /// The `"netloop"` error category.

@@ -17,4 +17,5 @@
 #include <netloop/server.hpp>
 #include <netloop/signal_stream.hpp>
 #include <netloop/task.hpp>
+#include <netloop/tls.hpp>
 #include <netloop/version.hpp>

@@ -26,13 +26,14 @@ class server;
 
 /// What a server has done so far. A snapshot; cheap enough to take per request.
 struct server_stats {
-    std::uint64_t accepted = 0;       ///< connections accepted (rejected ones included)
-    std::uint64_t rejected = 0;       ///< accepted and closed at once by a limit
-    std::uint64_t active = 0;         ///< connections open now
-    std::uint64_t peak_active = 0;    ///< the most that were open at once
-    std::uint64_t bytes_read = 0;     ///< bytes read from all connections
-    std::uint64_t bytes_written = 0;  ///< bytes written to all connections
-    std::uint64_t accept_errors = 0;  ///< failed accept attempts (EMFILE, ECONNABORTED, ...)
+    std::uint64_t accepted = 0;            ///< connections accepted (rejected ones included)
+    std::uint64_t rejected = 0;            ///< accepted and closed at once by a limit
+    std::uint64_t active = 0;              ///< connections open now
+    std::uint64_t peak_active = 0;         ///< the most that were open at once
+    std::uint64_t bytes_read = 0;          ///< bytes read from all connections
+    std::uint64_t bytes_written = 0;       ///< bytes written to all connections
+    std::uint64_t accept_errors = 0;       ///< failed accept attempts (EMFILE, ECONNABORTED, ...)
+    std::uint64_t handshake_failures = 0;  ///< TLS handshakes that failed or timed out
 };
 
 /// The connections a server accepts, as an awaitable generator.
@@ -82,6 +83,14 @@ struct listen_options {
     /// For an IPv6 address: IPV6_V6ONLY, set explicitly (never inherited from the system's
     /// default). False makes `[::]` take IPv4 clients too.
     bool v6_only = true;
+    /// For a Unix socket path: the file's mode (e.g. `0660`), set before any client can
+    /// connect; -1 leaves what the umask gives.
+    int file_mode = -1;
+    /// A server `tls_context`: every connection is TLS. `next()` and `serve()` hand over a
+    /// connection only after its handshake succeeded; one that fails or takes longer than
+    /// `handshake_timeout` is closed and counted in `stats().handshake_failures`.
+    tls_context tls{};
+    duration handshake_timeout = std::chrono::seconds(10);
 };
 
 /// How `serve()` runs connections. An aggregate: `{.max_connections = 1000, .idle_timeout = 30s}`.
@@ -114,7 +123,7 @@ struct serve_options {
 /// gracefully (see `connection::close()`).
 using connection_handler = std::function<task<>(connection)>;
 
-/// A listening TCP socket.
+/// A listening socket: TCP on IPv4/IPv6, or a Unix domain stream socket.
 ///
 /// Thread safety: `close()` is safe from any thread and any task; the rest belongs to the loop's
 /// thread. The destructor closes the socket.
@@ -128,7 +137,14 @@ public:
     [[nodiscard]] static server listen(std::uint16_t port, int backlog = 128,
                                        loop& l = loop::current());
 
-    /// Listens on one interface, IPv4 or IPv6 (an IPv6 socket is IPv6-only). Throws as above.
+    /// Listens on one interface, IPv4 or IPv6 (an IPv6 socket is IPv6-only), or on a Unix
+    /// socket (`address::unix_socket`). Throws as above.
+    ///
+    /// A Unix socket path: a socket file left by a crashed run (nothing accepts on it) is
+    /// removed first; a live one, or a file that is not a socket, is left alone and the call
+    /// throws `errc::bind_failed` with EADDRINUSE (telling them apart takes one connect, which
+    /// the live server sees as a client that closes at once). `close()` removes the file this
+    /// server made.
     [[nodiscard]] static server listen(const address& at, int backlog = 128,
                                        loop& l = loop::current());
 
@@ -140,7 +156,7 @@ public:
     server& operator=(server&&) noexcept;
     ~server();
 
-    /// The port the kernel bound, the ephemeral one included.
+    /// The port the kernel bound, the ephemeral one included (0 for a Unix socket).
     [[nodiscard]] std::uint16_t local_port() const noexcept;
 
     /// The address the kernel bound.
@@ -149,8 +165,9 @@ public:
     /// The stream of accepted connections; any number of streams share one server.
     [[nodiscard]] connection_stream connections() const;
 
-    /// Stops listening: a pending `next()` yields `nullopt` promptly, a new connect is refused.
-    /// Idempotent; safe from any task and any thread.
+    /// Stops listening: a pending `next()` yields `nullopt` promptly, a new connect is refused,
+    /// and the socket file of a Unix socket is removed. Idempotent; safe from any task and any
+    /// thread.
     void close() noexcept;
 
     /// False once `close()` was called.

@@ -24,6 +24,12 @@ public:
 
     [[nodiscard]] const std::string& path() const noexcept { return path_; }
 
+    // Replaces the contents with `text`.
+    void write(const std::string& text) const {
+        std::ofstream out(path_, std::ios::trunc);
+        out << text;
+    }
+
     [[nodiscard]] std::string contents() const {
         std::ifstream in(path_);
         std::stringstream ss;
