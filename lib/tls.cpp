@@ -45,6 +45,12 @@ int select_alpn(SSL*, const unsigned char** out, unsigned char* out_length,
     return SSL_TLSEXT_ERR_NOACK;  // no common protocol: go on without ALPN
 }
 
+void check_key_matches(tls_state& s, const std::string& what) {
+    if (::SSL_CTX_check_private_key(s.context.native_handle()) != 1) {
+        throw error(errc::tls_failed, what + " (does not match the certificate)");
+    }
+}
+
 tls_state& usable(const std::shared_ptr<tls_state>& state, const char* what) {
     if (!state) throw error(errc::invalid_argument, std::string(what) + " (empty tls_context)");
     return *state;
@@ -75,10 +81,7 @@ tls_context tls_context::server(const std::string& cert_chain_file,
     if (ec) detail::fail("TLS certificate " + cert_chain_file, ec);
     c.state_->context.use_private_key_file(private_key_file, asio::ssl::context::pem, ec);
     if (ec) detail::fail("TLS private key " + private_key_file, ec);
-    if (::SSL_CTX_check_private_key(c.state_->context.native_handle()) != 1) {
-        throw error(errc::tls_failed,
-                    "TLS private key " + private_key_file + " (does not match the certificate)");
-    }
+    detail::check_key_matches(*c.state_, "TLS private key " + private_key_file);
     return c;
 }
 
@@ -93,9 +96,7 @@ tls_context tls_context::server_from_pem(std::string_view cert_chain_pem,
     c.state_->context.use_private_key(asio::buffer(private_key_pem.data(), private_key_pem.size()),
                                       asio::ssl::context::pem, ec);
     if (ec) detail::fail("TLS private key (PEM)", ec);
-    if (::SSL_CTX_check_private_key(c.state_->context.native_handle()) != 1) {
-        throw error(errc::tls_failed, "TLS private key (PEM) (does not match the certificate)");
-    }
+    detail::check_key_matches(*c.state_, "TLS private key (PEM)");
     return c;
 }
 
