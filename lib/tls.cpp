@@ -76,12 +76,7 @@ tls_context tls_context::server(const std::string& cert_chain_file,
                                 const std::string& private_key_file) {
     tls_context c;
     c.state_ = std::make_shared<detail::tls_state>(asio::ssl::context::tls_server, true);
-    asio::error_code ec;
-    c.state_->context.use_certificate_chain_file(cert_chain_file, ec);
-    if (ec) detail::fail("TLS certificate " + cert_chain_file, ec);
-    c.state_->context.use_private_key_file(private_key_file, asio::ssl::context::pem, ec);
-    if (ec) detail::fail("TLS private key " + private_key_file, ec);
-    detail::check_key_matches(*c.state_, "TLS private key " + private_key_file);
+    c.use_certificate(cert_chain_file, private_key_file);
     return c;
 }
 
@@ -89,15 +84,31 @@ tls_context tls_context::server_from_pem(std::string_view cert_chain_pem,
                                          std::string_view private_key_pem) {
     tls_context c;
     c.state_ = std::make_shared<detail::tls_state>(asio::ssl::context::tls_server, true);
-    asio::error_code ec;
-    c.state_->context.use_certificate_chain(
-        asio::buffer(cert_chain_pem.data(), cert_chain_pem.size()), ec);
-    if (ec) detail::fail("TLS certificate (PEM)", ec);
-    c.state_->context.use_private_key(asio::buffer(private_key_pem.data(), private_key_pem.size()),
-                                      asio::ssl::context::pem, ec);
-    if (ec) detail::fail("TLS private key (PEM)", ec);
-    detail::check_key_matches(*c.state_, "TLS private key (PEM)");
+    c.use_certificate_pem(cert_chain_pem, private_key_pem);
     return c;
+}
+
+void tls_context::use_certificate(const std::string& cert_chain_file,
+                                  const std::string& private_key_file) {
+    auto& s = detail::usable(state_, "use_certificate");
+    asio::error_code ec;
+    s.context.use_certificate_chain_file(cert_chain_file, ec);
+    if (ec) detail::fail("TLS certificate " + cert_chain_file, ec);
+    s.context.use_private_key_file(private_key_file, asio::ssl::context::pem, ec);
+    if (ec) detail::fail("TLS private key " + private_key_file, ec);
+    detail::check_key_matches(s, "TLS private key " + private_key_file);
+}
+
+void tls_context::use_certificate_pem(std::string_view cert_chain_pem,
+                                      std::string_view private_key_pem) {
+    auto& s = detail::usable(state_, "use_certificate_pem");
+    asio::error_code ec;
+    s.context.use_certificate_chain(asio::buffer(cert_chain_pem.data(), cert_chain_pem.size()), ec);
+    if (ec) detail::fail("TLS certificate (PEM)", ec);
+    s.context.use_private_key(asio::buffer(private_key_pem.data(), private_key_pem.size()),
+                              asio::ssl::context::pem, ec);
+    if (ec) detail::fail("TLS private key (PEM)", ec);
+    detail::check_key_matches(s, "TLS private key (PEM)");
 }
 
 tls_context tls_context::client() {
@@ -166,6 +177,12 @@ void tls_context::trust(const std::string&) { unavailable("trust"); }
 void tls_context::trust_pem(std::string_view) { unavailable("trust_pem"); }
 void tls_context::set_verify_peer(bool) { unavailable("set_verify_peer"); }
 void tls_context::set_alpn(std::vector<std::string>) { unavailable("set_alpn"); }
+void tls_context::use_certificate(const std::string&, const std::string&) {
+    unavailable("use_certificate");
+}
+void tls_context::use_certificate_pem(std::string_view, std::string_view) {
+    unavailable("use_certificate_pem");
+}
 
 #endif
 

@@ -143,7 +143,9 @@ TEST_CASE(
         out.garbage_end = garbage_read.kind;
         auto silent_read = co_await failure_of(silent.read(buf, 5s));
         out.silent_end = silent_read.kind;
-        co_await netloop::test::sleep_for(50ms);
+        // The server's side of both ends after the clients have seen them: wait for its count.
+        (void)co_await netloop::test::eventually(
+            [&] { return s.stats().handshake_failures >= 2 && s.stats().active == 0; });
         out.handshake_failures = s.stats().handshake_failures;
         out.active_after = s.stats().active;
         s.close();
@@ -264,4 +266,52 @@ TEST_CASE("tls_context: files, bad input and the wrong side are clear errors", "
         co_return out;
     });
     CHECK(wrong_side == std::vector<errc>{errc::invalid_argument, errc::invalid_argument});
+}
+
+TEST_CASE(
+    "mutual TLS: a server that verifies peers serves a client with a trusted certificate "
+    "and refuses one without",
+    "[tls]") {
+    struct result {
+        std::string with_cert;
+        bool without_cert_refused = false;
+        std::uint64_t handshake_failures = 0;
+    };
+    auto r = run_bounded([]() -> task<result> {
+        result out;
+        auto server_tls = server_with(pki().leaf);
+        server_tls.trust_pem(pki().ca.cert);
+        server_tls.set_verify_peer(true);
+        auto s = netloop::server::listen(address::parse("127.0.0.1:0"),
+                                         netloop::listen_options{.tls = server_tls});
+        netloop::test::serve_outcome serving;
+        netloop::spawn(netloop::test::serve_into(s, echo_handler(), {}, serving));
+
+        auto with = tls_context::client();
+        with.trust_pem(pki().ca.cert);
+        with.use_certificate_pem(pki().leaf.cert, pki().leaf.key);
+        auto c = co_await netloop::connect(s.local_address(), with, 5s);
+        out.with_cert = co_await netloop::test::echo_once(c, "with a certificate");
+
+        // TLS 1.3 lets the client finish its handshake before the server has checked it: the
+        // refusal shows in connect() or in the first read.
+        auto refused = co_await failure_of([](address at) -> task<std::string> {
+            auto c = co_await netloop::connect(at, test_client_tls(), 5s);
+            co_return co_await netloop::test::echo_once(c, "without");
+        }(s.local_address()));
+        out.without_cert_refused = refused.kind == errc::tls_failed ||
+                                   refused.kind == errc::connection_closed ||
+                                   refused.kind == errc::connection_reset;
+        // The server counts the failure when its handshake ends, which may be after the client
+        // has seen the alert.
+        (void)co_await netloop::test::eventually([&] { return s.stats().handshake_failures > 0; });
+        out.handshake_failures = s.stats().handshake_failures;
+        c.close();
+        s.close();
+        co_await netloop::test::eventually([&] { return serving.done; });
+        co_return out;
+    });
+    CHECK(r.with_cert == "with a certificate");
+    CHECK(r.without_cert_refused);
+    CHECK(r.handshake_failures == 1);
 }

@@ -55,7 +55,16 @@ public:
     void trust_pem(std::string_view ca_pem);
 
     /// A client verifies the server's certificate unless this is set to false (on by default).
+    /// A server with it set to true asks each client for a certificate and refuses a client
+    /// without one that verifies against the CAs of `trust()` (mutual TLS; off by default).
     void set_verify_peer(bool on);
+
+    /// Presents this certificate chain (leaf first) and private key, PEM files: for a client, its
+    /// certificate for mutual TLS. Throws `error` with `errc::tls_failed` as `server()`.
+    void use_certificate(const std::string& cert_chain_file, const std::string& private_key_file);
+
+    /// The same from PEM text in memory.
+    void use_certificate_pem(std::string_view cert_chain_pem, std::string_view private_key_pem);
 
     /// ALPN protocols (e.g. `{"h2", "http/1.1"}`): a client offers them in this order; a server
     /// picks the first of its own list that the client offers, and refuses none.

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 // Certificates made at test time with OpenSSL's API (no private key is ever committed): a CA,
-// a leaf it signs for localhost/127.0.0.1/::1, an expired leaf, and a self-signed leaf.
+// a leaf it signs for localhost/127.0.0.1/::1 (server or client), an expired leaf, and a
+// self-signed leaf.
 #pragma once
 
 #include <memory>
@@ -84,7 +85,7 @@ inline x509_ptr make_cert(EVP_PKEY* key, const char* cn, long serial, long from_
         add_extension(cert.get(), signer, NID_basic_constraints, "CA:FALSE");
         add_extension(cert.get(), signer, NID_subject_alt_name,
                       "DNS:localhost,IP:127.0.0.1,IP:::1");
-        add_extension(cert.get(), signer, NID_ext_key_usage, "serverAuth");
+        add_extension(cert.get(), signer, NID_ext_key_usage, "serverAuth,clientAuth");
     }
     check(X509_sign(cert.get(), issuer_key != nullptr ? issuer_key : key, EVP_sha256()) > 0,
           "sign");
