@@ -366,34 +366,40 @@ TEST_CASE(
 
 namespace {
 
-// The silent clients of the slowloris test: connect and wait for the server to end it.
-struct silent_tally {
+// The slow clients of the slowloris tests (silent or drip-feeding): how they connected and
+// how the server ended them.
+struct slow_client_tally {
     int connected = 0;
     int connect_failed = 0;
     int ended = 0;
     int closed = 0;  // ended by EOF: the server closed it
     std::vector<std::string> other_ends;
+
+    void record_end(errc kind) {
+        ++ended;
+        if (kind == errc::connection_closed) {
+            ++closed;
+        } else {
+            other_ends.push_back(std::to_string(static_cast<int>(kind)));
+        }
+    }
 };
 
-task<> wait_for_end(netloop::connection c, silent_tally& t) {
+task<> wait_for_end(netloop::connection c, slow_client_tally& t) {
     std::array<std::byte, 64> buf;
-    auto kind = co_await kind_of(c.read(buf, 30s));
-    ++t.ended;
-    if (kind == errc::connection_closed) {
-        ++t.closed;
-    } else {
-        t.other_ends.push_back(std::to_string(static_cast<int>(kind)));
-    }
+    t.record_end(co_await kind_of(c.read(buf, 30s)));
 }
 
-// Opens `count` silent connections one after another (several openers run at once), each
-// waiting in its own task.
-task<> open_silent(address to, int count, silent_tally& t) {
+// Opens `count` connections one after another (several openers run at once), each then run
+// by `client` in its own task.
+template <typename Tally>
+task<> open_clients(address to, int count, Tally& t,
+                    task<> (*client)(netloop::connection, Tally&)) {
     for (int i = 0; i < count; ++i) {
         try {
             auto c = co_await netloop::connect(to, 10s);
             ++t.connected;
-            netloop::spawn(wait_for_end(std::move(c), t));
+            netloop::spawn(client(std::move(c), t));
         } catch (const netloop::error&) {
             ++t.connect_failed;
         }
@@ -440,7 +446,7 @@ TEST_CASE(
     REQUIRE(daemon.port() != 0);
     struct result {
         std::string first_echo_failure;
-        silent_tally silent;
+        slow_client_tally silent;
         bool all_connected = false;
         bool newcomer_exact = false;
         std::string newcomer_failure;
@@ -465,7 +471,7 @@ TEST_CASE(
 
             constexpr int openers = 10;
             for (int i = 0; i < openers; ++i) {
-                netloop::spawn(open_silent(to, silent_count / openers, r.silent));
+                netloop::spawn(open_clients(to, silent_count / openers, r.silent, wait_for_end));
             }
             auto opened = [&] {
                 return r.silent.connected + r.silent.connect_failed >= silent_count;
@@ -517,14 +523,9 @@ TEST_CASE(
 namespace {
 
 // A drip-feeding client: one byte per second, each echoed back, until the server ends it.
-struct drip_tally {
-    int connected = 0;
-    int connect_failed = 0;
-    int ended = 0;
-    int closed = 0;
+struct drip_tally : slow_client_tally {
     int drips = 0;
     int wrong_echo = 0;
-    std::vector<std::string> other_ends;
 };
 
 task<> drip(netloop::connection c, drip_tally& t) {
@@ -543,24 +544,7 @@ task<> drip(netloop::connection c, drip_tally& t) {
         if (end != errc{}) break;
         co_await netloop::test::sleep_for(1s);  // the client's pace
     }
-    ++t.ended;
-    if (end == errc::connection_closed) {
-        ++t.closed;
-    } else {
-        t.other_ends.push_back(std::to_string(static_cast<int>(end)));
-    }
-}
-
-task<> open_drips(address to, int count, drip_tally& t) {
-    for (int i = 0; i < count; ++i) {
-        try {
-            auto c = co_await netloop::connect(to, 10s);
-            ++t.connected;
-            netloop::spawn(drip(std::move(c), t));
-        } catch (const netloop::error&) {
-            ++t.connect_failed;
-        }
-    }
+    t.record_end(end);
 }
 
 }  // namespace
@@ -606,7 +590,8 @@ TEST_CASE(
             netloop::spawn(serve_into(s, handler, {.connection_deadline = 5s}, out));
             constexpr int openers = 10;
             for (int i = 0; i < openers; ++i) {
-                netloop::spawn(open_drips(s.local_address(), drip_count / openers, r.drips));
+                netloop::spawn(
+                    open_clients(s.local_address(), drip_count / openers, r.drips, drip));
             }
             auto opened = [&] { return r.drips.connected + r.drips.connect_failed >= drip_count; };
             r.all_connected = co_await eventually(opened, 60s);

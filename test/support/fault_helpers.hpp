@@ -95,7 +95,7 @@ inline bool false_vptr_reports_only(const std::string& log) {
 
 // A line the daemon logs on SIGUSR1 (and after its drain):
 // `stats: accepted=.. rejected=.. active=.. peak_active=.. bytes_read=.. bytes_written=..
-// accept_errors=..`.
+// accept_errors=.. handshake_failures=..` (the fields read here).
 struct daemon_stats {
     std::uint64_t accepted = 0;
     std::uint64_t rejected = 0;
