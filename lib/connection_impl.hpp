@@ -1,14 +1,19 @@
 // SPDX-License-Identifier: MIT
-// The state behind a connection: socket, per-direction deadlines, traffic counters.
+// The state behind a connection: its stream, its deadlines, its framing buffer, its counters.
 #pragma once
 
 #include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
+
+#include <asio/bind_cancellation_slot.hpp>
+#include <asio/cancellation_signal.hpp>
+#include <asio/steady_timer.hpp>
 
 #include <netloop/address.hpp>
 #include <netloop/connection.hpp>
@@ -17,9 +22,19 @@
 #include <netloop/task.hpp>
 
 #include "endpoint.hpp"
-#include "tls.hpp"
+#include "stream.hpp"
 
 namespace netloop::detail {
+
+using clock = std::chrono::steady_clock;
+inline constexpr clock::time_point never = clock::time_point::max();
+
+// `now + timeout`, saturating; `never` for no_timeout.
+[[nodiscard]] inline clock::time_point deadline_after(clock::time_point now,
+                                                      duration timeout) noexcept {
+    if (timeout == no_timeout || timeout > never - now) return never;
+    return now + std::max(timeout, duration::zero());
+}
 
 // What one server has done. One writer (the loop thread), readers on any thread: relaxed
 // load+store, no locked instruction on the hot path.
@@ -47,98 +62,83 @@ struct server_counters {
     void closed() noexcept { set(active, get(active) - 1); }
 };
 
-// The deadline of one direction (read or write). The timer is armed lazily: an operation that
-// finishes before the deadline leaves it running, the next operation only moves `at`, and the
-// timer re-arms itself when it fires early. A busy connection thus touches its timer about once
-// per timeout period, not once per call.
-struct deadline {
-    explicit deadline(asio::io_context& context) : timer(context) {}
-
-    asio::steady_timer timer;
-    asio::cancellation_signal signal;  // cancels the pending operation of this direction
-    std::chrono::steady_clock::time_point at{};
+// One direction (read or write): the deadline of its pending operation, and the signal that
+// cancels that operation — for the timer and for a cancelled caller alike.
+struct direction {
+    asio::cancellation_signal signal;
+    clock::time_point at = never;
     bool pending = false;  // an operation of this direction is in flight
-    bool armed = false;    // a wait on `timer` is outstanding
-    bool expired = false;  // the pending operation was cancelled by the deadline
+    bool expired = false;  // its deadline passed and cancelled it
 };
 
-// Whole-connection bounds set by serve(): no byte in either direction for `idle`, or the
-// connection older than `hard_deadline`. One lazily re-armed timer serves both.
+// Whole-connection bounds set by serve(): no byte either way for `idle`, or older than `until`.
 struct connection_limits {
-    explicit connection_limits(asio::io_context& context) : timer(context) {}
-
-    asio::steady_timer timer;
     duration idle = no_timeout;
-    std::chrono::steady_clock::time_point last_activity{};
-    std::chrono::steady_clock::time_point hard_deadline =
-        std::chrono::steady_clock::time_point::max();
-    bool armed = false;
+    clock::time_point last_activity{};
+    clock::time_point until = never;
 
-    [[nodiscard]] std::chrono::steady_clock::time_point due() const noexcept;
+    [[nodiscard]] clock::time_point due() const noexcept {
+        auto idle_due = idle == no_timeout ? never : deadline_after(last_activity, idle);
+        return std::min(idle_due, until);
+    }
 };
 
 struct connection_impl : std::enable_shared_from_this<connection_impl> {
-    connection_impl(loop& l, stream_socket s, std::shared_ptr<server_counters> c = nullptr);
+    // `remote`: what accept() or connect() already knows; the local address is asked of the
+    // kernel only when someone wants it.
+    connection_impl(loop& l, stream_socket s, address remote,
+                    std::shared_ptr<server_counters> c = nullptr);
+    ~connection_impl();
+    connection_impl(const connection_impl&) = delete;
+    connection_impl& operator=(const connection_impl&) = delete;
 
     loop& owner;
-    stream_socket socket;
-#if NETLOOP_HAS_TLS
-    // Over TLS: the stream on top of `socket` (destroyed first), and the context it needs.
-    std::shared_ptr<tls_state> tls_settings;
-    std::unique_ptr<tls_stream> tls;
-#endif
+    detail::stream stream;
     address remote;
-    address local;
-    deadline reader;
-    deadline writer;
     std::shared_ptr<server_counters> counters;
+    direction reader;
+    direction writer;
+    // One timer for every deadline of this connection, made when the first one is set and
+    // armed for the earliest (deadline.cpp).
+    std::unique_ptr<asio::steady_timer> timer;
     std::unique_ptr<connection_limits> limits;  // only under serve() with idle/deadline bounds
     duration linger_timeout = std::chrono::seconds(2);
-    // The framing buffer (read_until, fill): bytes [read_begin, read_end) are read but not yet
-    // consumed; `pending_consume` is the last frame handed out, consumed by the next read call.
+    // The framing buffer (framing.cpp): bytes [read_begin, read_end) are read but not
+    // consumed; `pending_consume` is the frame handed out last, consumed by the next read call.
     std::vector<std::byte> read_buffer;
     std::size_t read_begin = 0;
     std::size_t read_end = 0;
     std::size_t pending_consume = 0;
     bool closed = false;
     bool limit_expired = false;  // closed by idle_timeout or connection_deadline
+    bool timer_armed = false;    // a wait on `timer` is outstanding
 
-    // Starts the clock of `d` for an operation that may take `timeout`.
-    void begin(deadline& d, duration timeout);
-    void end(deadline& d) noexcept {
-        d.pending = false;
-        touch();
-    }
+    [[nodiscard]] const address& local() const;
 
-    [[nodiscard]] bool is_tls() const noexcept {
-#if NETLOOP_HAS_TLS
-        return tls != nullptr;
-#else
-        return false;
-#endif
-    }
-
-    [[nodiscard]] std::span<const std::byte> buffered() const noexcept;
-    void consume(std::size_t n) noexcept;
-    void settle() noexcept;  // consumes the frame handed out last
-    std::size_t take_buffered(std::span<std::byte> out) noexcept;
-
-    // Records activity for the idle bound (no-op without limits).
-    void touch() noexcept {
-        if (limits) limits->last_activity = std::chrono::steady_clock::now();
-    }
+    // deadline.cpp: starts `d`'s clock for an operation that may take `timeout`.
+    void begin(direction& d, duration timeout);
+    // deadline.cpp: `d`'s operation ended (activity, for the idle bound).
+    void end(direction& d) noexcept;
     void set_limits(duration idle, duration whole);
 
-    // Graceful close: pending operations end, the write side is shut down, and input is
-    // discarded until the peer closes (or `linger_timeout`), so unread input never turns the
-    // close into a reset that destroys the tail of what was written.
-    void close() noexcept;
-    // Immediate close with a reset (SO_LINGER 0).
-    void abort() noexcept;
+    // framing.cpp
+    [[nodiscard]] std::span<const std::byte> buffered() const noexcept;
+    void consume(std::size_t n) noexcept;
+    void settle() noexcept;  // consumes the frame handed out last, before a new read
+    std::size_t take_buffered(std::span<std::byte> out) noexcept;
 
-    // The error for a failed operation: `operation` is "read" or "write".
+    // linger.cpp: the graceful close — pending operations end, the sending side shuts down
+    // after what was written, input is discarded until the peer closes or `linger_timeout`.
+    void close() noexcept;
+    // linger.cpp: an immediate close with a reset (SO_LINGER 0).
+    void abort() noexcept;
+    // linger.cpp: marks the connection closed and ends its pending operations; false if it
+    // already was.
+    bool mark_closed() noexcept;
+
+    // error.cpp: the error of a failed `operation` ("read", "write", ...).
     [[nodiscard]] error failure(const char* operation, const asio::error_code& ec,
-                                const deadline& d, std::size_t bytes_written = 0) const;
+                                const direction& d, std::size_t bytes_written = 0) const;
     [[nodiscard]] std::string describe(const char* operation) const;
 
     void count_read(std::size_t n) noexcept {
@@ -148,13 +148,12 @@ struct connection_impl : std::enable_shared_from_this<connection_impl> {
         if (counters) server_counters::add(counters->bytes_written, n);
     }
 
+    // deadline.cpp
+    void arm(clock::time_point at);
+    void on_timer() noexcept;
+
 private:
-    void arm(deadline& d);
-    void on_timer(deadline& d);
-    void arm_limits();
-    void on_limits();
-    // Marks the connection closed and ends its pending operations; false if it already was.
-    bool mark_closed() noexcept;
+    mutable std::optional<address> local_;
 };
 
 // Makes `c` a TLS connection and performs the handshake, bounded by `timeout`: as the server
@@ -165,44 +164,51 @@ task<> tls_handshake(std::shared_ptr<connection_impl> c, std::shared_ptr<tls_sta
                      std::string server_name, duration timeout);
 
 struct connection_access {
+    static connection make(std::shared_ptr<connection_impl> impl) noexcept {
+        return connection(std::move(impl));
+    }
     static connection_impl& impl(connection& c) noexcept { return *c.impl_; }
 };
 
-// async_write's completion condition: transfer everything, and count each partial write as
-// activity, so a long write to a slow reader is not mistaken for an idle connection.
+// async_write's completion condition: transfer everything; under an idle bound, count each
+// partial write as activity, so a long write to a slow reader is not mistaken for idleness.
 struct transfer_all_touching {
     connection_impl* c;
     std::size_t operator()(const asio::error_code& ec, std::size_t) const noexcept {
-        c->touch();
+        if (c->limits) c->limits->last_activity = clock::now();
         return ec ? 0 : 65536;
     }
 };
 
-// While an operation of one direction is in flight: its deadline runs, and cancelling the
-// awaiting coroutine (its cancellation slot) cancels that operation through the direction's own
-// signal, which the timer uses too.
-class operation_scope {
+// One operation of one direction, while it is in flight: its deadline runs, and cancelling the
+// awaiting coroutine (its cancellation slot) cancels the operation through the direction's own
+// signal, which the timer uses too. Lives in the frame of the public call, so an operation
+// costs no frame of its own.
+class operation {
 public:
-    operation_scope(connection_impl& c, deadline& d, duration timeout,
-                    asio::cancellation_slot outer)
-        : connection_(c), deadline_(d), outer_(outer) {
+    operation(connection_impl& c, direction& d, duration timeout, asio::cancellation_slot outer)
+        : connection_(c), direction_(d), outer_(outer) {
         c.begin(d, timeout);
-        c.touch();
         if (outer_.is_connected()) {
             outer_.assign(
                 [&signal = d.signal](asio::cancellation_type type) { signal.emit(type); });
         }
     }
-    ~operation_scope() {
+    ~operation() {
         if (outer_.is_connected()) outer_.clear();
-        connection_.end(deadline_);
+        connection_.end(direction_);
     }
-    operation_scope(const operation_scope&) = delete;
-    operation_scope& operator=(const operation_scope&) = delete;
+    operation(const operation&) = delete;
+    operation& operator=(const operation&) = delete;
+
+    // The completion token for the Asio operation: non-throwing, cancelled by this direction.
+    [[nodiscard]] auto token() noexcept {
+        return asio::bind_cancellation_slot(direction_.signal.slot(), use_tuple);
+    }
 
 private:
     connection_impl& connection_;
-    deadline& deadline_;
+    direction& direction_;
     asio::cancellation_slot outer_;
 };
 

@@ -175,6 +175,18 @@ struct successor_plan {
     std::vector<std::string> env;
     std::vector<int> fds;
     std::string pid_var = "LISTEN_PID=" + std::string(20, '\0');
+    // execve()'s arrays, pointing into the strings above: made before fork() too, since
+    // malloc() is not async-signal-safe (another thread may hold its lock in the child).
+    std::vector<char*> args;
+    std::vector<char*> envp;
+
+    void prepare() {
+        for (auto& a : argv) args.push_back(a.data());
+        args.push_back(nullptr);
+        for (auto& e : env) envp.push_back(e.data());
+        envp.push_back(pid_var.data());
+        envp.push_back(nullptr);
+    }
 };
 
 [[noreturn]] void become_successor(successor_plan& plan, int report_fd) {
@@ -212,17 +224,10 @@ struct successor_plan {
     char* out = plan.pid_var.data() + std::strlen("LISTEN_PID=");
     for (int i = 0; i < len; ++i) out[i] = digits[len - 1 - i];
     out[len] = '\0';
-    std::vector<char*> args;
-    std::vector<char*> envp;
-    for (auto& a : plan.argv) args.push_back(a.data());
-    args.push_back(nullptr);
-    for (auto& e : plan.env) envp.push_back(e.data());
-    envp.push_back(plan.pid_var.data());
-    envp.push_back(nullptr);
     ::sigset_t all;
     ::sigemptyset(&all);
     ::sigprocmask(SIG_SETMASK, &all, nullptr);
-    ::execve(args[0], args.data(), envp.data());
+    ::execve(plan.args[0], plan.args.data(), plan.envp.data());
     int e = errno;
     (void)!::write(report_fd, &e, sizeof e);
     ::_exit(127);
@@ -255,6 +260,7 @@ task<pid_t> start_successor(std::vector<std::string> argv, std::vector<const ser
     plan.env.push_back("LISTEN_FDS=" + std::to_string(servers.size()));
     plan.env.push_back("NOTIFY_SOCKET=@" + name.substr(1));
     for (const auto* s : servers) plan.fds.push_back(s->native_handle());
+    plan.prepare();
 
     int report[2];
     if (::pipe2(report, O_CLOEXEC) != 0) {

@@ -18,6 +18,12 @@ void log(spdlog::level::level_enum level, spdlog::format_string_t<Args...> fmt, 
     }
 }
 
+// True if a message at `level` would be logged: for arguments that cost something to make.
+inline bool log_enabled(spdlog::level::level_enum level) noexcept {
+    auto l = netloop::logger();
+    return l && l->should_log(level);
+}
+
 // Logs an exception that escaped a task: expected endings (EOF, cancellation) at debug, the rest
 // at error. `where` names the task, e.g. "connection 127.0.0.1:5000".
 void log_escaped(std::exception_ptr e, const char* what, const std::string& where) noexcept;

@@ -39,10 +39,10 @@ class current_scope {
 public:
     explicit current_scope(loop& l) noexcept : loop_(l), previous_(running_here) {
         running_here = &l;
-        detail::loop_access::tasks(l).running = true;
+        detail::loop_access::set_running(l, true);
     }
     ~current_scope() {
-        detail::loop_access::tasks(loop_).running = false;
+        detail::loop_access::set_running(loop_, false);
         running_here = previous_;
     }
     current_scope(const current_scope&) = delete;
@@ -75,18 +75,9 @@ std::size_t loop::spawned() const noexcept { return tasks_->size(); }
 void loop::cancel_spawned() noexcept { tasks_->cancel_all(); }
 
 void spawn(task<> t, loop& l) {
-    auto& registry = *l.tasks_;
-    auto* entry = registry.add();
-    asio::co_spawn(l.context(), std::move(t),
-                   asio::bind_cancellation_slot(
-                       entry->signal.slot(), [&l, &registry, entry](std::exception_ptr e) {
-                           if (e) detail::log_escaped(e, "task", "spawned");
-                           // The entry's signal is still referenced by co_spawn's frames while
-                           // this handler runs; free it from a fresh handler.
-                           registry.remove(entry);
-                           asio::post(l.context(), [owned = registry.release(entry)] {});
-                       }));
-    if (registry.draining) entry->signal.emit(asio::cancellation_type::terminal);
+    detail::spawn_tracked(l.context(), *l.tasks_, std::move(t), [](std::exception_ptr e) {
+        if (e) detail::log_escaped(e, "task", "spawned");
+    });
 }
 
 namespace detail {

@@ -86,7 +86,8 @@ struct loop_share {
     std::shared_ptr<server_counters> counters;
     task_registry handlers;  // one cancellation signal per running handler
     std::size_t running = 0;
-    std::size_t workers_left = 0;  // main loop only: extra loops that have not finished
+    std::size_t workers_left = 0;  // main loop only: extra loops that have not drained
+    std::size_t threads_left = 0;  // main loop only: extra threads still running their loop
     bool stop = false;             // extra loops: the main loop asked for the drain
     bool force = false;            // cancel the handlers now
     // Cancelled whenever something a waiter may be waiting for changes; waiters re-check.
@@ -148,9 +149,9 @@ task<> run_handler(std::shared_ptr<loop_share> s, connection conn, asio::ip::add
 }
 
 // On `s`'s loop: wraps an accepted socket, and starts its handler or turns it away.
-void deliver(const std::shared_ptr<loop_share>& s, stream_socket socket) {
-    auto impl = std::make_shared<connection_impl>(s->owner, std::move(socket), s->counters);
-    connection conn(impl);
+void deliver(const std::shared_ptr<loop_share>& s, accepted a) {
+    auto impl = make_connection(s->owner, std::move(a), s->counters);
+    auto conn = connection_access::make(impl);
     auto& options = s->common->options;
     auto ip = impl->remote.endpoint().address();
     auto verdict = s->common->limits.try_admit(ip, options);
@@ -161,18 +162,11 @@ void deliver(const std::shared_ptr<loop_share>& s, stream_socket socket) {
                                           : "max_connections reached");
         return;  // conn closes gracefully: the client reads EOF
     }
-    log(spdlog::level::debug, "accepted {}", impl->remote.to_string());
     impl->linger_timeout = options.linger_timeout;
     impl->set_limits(options.idle_timeout, options.connection_deadline);
     ++s->running;
-    auto* entry = s->handlers.add();
-    asio::co_spawn(
-        s->owner.context(), run_handler(s, std::move(conn), ip),
-        asio::bind_cancellation_slot(entry->signal.slot(), [s, entry](std::exception_ptr) {
-            // As in spawn(): free the entry from a fresh handler.
-            s->handlers.remove(entry);
-            asio::post(s->owner.context(), [owned = s->handlers.release(entry)] {});
-        }));
+    spawn_tracked(s->owner.context(), s->handlers, run_handler(s, std::move(conn), ip),
+                  [s](std::exception_ptr) {});
 }
 
 // Accepts on `listener` until it closes or the task is cancelled, handing each connection to
@@ -196,13 +190,13 @@ task<> accept_loop(std::shared_ptr<loop_share> self, std::shared_ptr<server_stat
         if (cancelled) break;
         auto& target = targets[next];
         next = (next + 1) % targets.size();
-        auto socket = co_await accept_next(listener, target->owner.context());
-        if (!socket) break;
+        auto a = co_await accept_next(listener, target->owner.context());
+        if (!a) break;
         if (target == self) {
-            deliver(self, std::move(*socket));
+            deliver(self, std::move(*a));
         } else {
             target->owner.post(
-                [target, s = std::move(*socket)]() mutable { deliver(target, std::move(s)); });
+                [target, a = std::move(*a)]() mutable { deliver(target, std::move(a)); });
         }
     }
 }
@@ -259,10 +253,6 @@ task<> worker_main(worker& w) {
 
 task<> server::serve(connection_handler handler, serve_options options) {
     using namespace detail;
-    // serve() goes on after a cancellation (it drains), so its own co_awaits must not throw
-    // for it; the caller's setting comes back on return.
-    bool throw_if_cancelled = co_await asio::this_coro::throw_if_cancelled();
-    co_await asio::this_coro::throw_if_cancelled(false);
     auto listener = state_;
     if (options.threads == 0) {
         throw error(errc::invalid_argument,
@@ -274,6 +264,10 @@ task<> server::serve(connection_handler handler, serve_options options) {
                     "serve " + listener->local.to_string() +
                         " (balance_mode::reuse_port needs listen_options{.reuse_port = true})");
     }
+    // serve() goes on after a cancellation (it drains), so its own co_awaits must not throw
+    // for it; the caller's setting comes back on return (the checks above throw before).
+    bool throw_if_cancelled = co_await asio::this_coro::throw_if_cancelled();
+    co_await asio::this_coro::throw_if_cancelled(false);
     auto common = std::make_shared<serve_common>(std::move(handler), options);
     common->tls = listener->tls;
     common->handshake_timeout = listener->handshake_timeout;
@@ -300,15 +294,21 @@ task<> server::serve(connection_handler handler, serve_options options) {
             workers.push_back(std::move(w));
         }
         for (auto& w : workers) {
-            w->thread = std::thread([&w = *w] {
+            w->thread = std::thread([&w = *w, main] {
                 try {
                     (void)netloop::run([&w] { return worker_main(w); },
                                        run_options{.cancel_on_signal = false}, w.l);
                 } catch (const std::exception& e) {
                     log(spdlog::level::err, "extra loop ended: {}", e.what());
                 }
+                // The loop has ended, its lingering closes too: joining now does not block.
+                main->owner.post([main] {
+                    --main->threads_left;
+                    main->notify();
+                });
             });
             ++main->workers_left;
+            ++main->threads_left;
         }
         std::vector<std::shared_ptr<loop_share>> targets{main};
         if (options.balance == balance_mode::hand_off) {
@@ -356,6 +356,9 @@ task<> server::serve(connection_handler handler, serve_options options) {
         }
         co_await wait_for_wake(*main, clock::time_point::max());
     }
+    // The extra loops still run their lingering closes after draining; wait for their threads
+    // on this loop (never by blocking it in join()), so it goes on serving what it has.
+    while (main->threads_left > 0) co_await wait_for_wake(*main, clock::time_point::max());
     for (auto& w : workers) {
         if (w->thread.joinable()) w->thread.join();
     }

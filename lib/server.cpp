@@ -20,41 +20,6 @@ namespace netloop {
 namespace detail {
 namespace {
 
-// Errors that concern one connection attempt only: skip it and accept the next one.
-bool skip_connection(const asio::error_code& ec) {
-    switch (ec.value()) {
-        case ECONNABORTED:
-        case EPROTO:
-        case EPERM:  // a firewall rule refused this peer
-        case EINTR:
-        case EAGAIN:
-        case ENETDOWN:
-        case ENETUNREACH:
-        case EHOSTDOWN:
-        case EHOSTUNREACH:
-        case ENONET:
-        case ENOPROTOOPT:
-        case EOPNOTSUPP:
-            return ec.category() == asio::system_category();
-        default:
-            return false;
-    }
-}
-
-// Errors of resource exhaustion: accepting again at once would spin, so back off.
-bool back_off(const asio::error_code& ec) {
-    return ec.category() == asio::system_category() &&
-           (ec.value() == EMFILE || ec.value() == ENFILE || ec.value() == ENOBUFS ||
-            ec.value() == ENOMEM);
-}
-
-constexpr std::chrono::milliseconds first_backoff{5};
-constexpr std::chrono::milliseconds max_backoff{1000};
-
-}  // namespace
-
-namespace {
-
 // The stale-file policy of a Unix socket path: a socket file that nothing listens on (left by a
 // crashed run) is removed; a live one, or a file that is not a socket, is never touched.
 void clear_stale_socket_file(const address& at) {
@@ -180,20 +145,23 @@ void server_state::close() noexcept {
         std::lock_guard lock(linked_mutex_);
         for (auto& other : linked_) other->close();
     }
-    // On the loop's thread, or while no thread runs the loop (a server dropped before or after
-    // run()), closing here is safe and frees the port at once; otherwise the loop does it.
-    if (owner.executor().running_in_this_thread() || !loop_access::is_running(owner)) {
+    // On the loop's thread, or while no thread runs the loop (held off until we are done),
+    // closing here is safe and frees the port at once; otherwise the loop does it. Asking
+    // whether the loop runs and then acting, without that hold, would race with a thread that
+    // starts running it in between.
+    if (owner.executor().running_in_this_thread()) {
         close_here();
-    } else {
-        // Linux takes a listening socket out of LISTEN on shutdown(SHUT_RD): a connect from
-        // now on is refused, even before the loop runs the posted close. Elsewhere this fails
-        // harmlessly and the posted close alone ends the listening.
-        ::shutdown(listen_fd, SHUT_RD);
-        try {
-            asio::post(owner.context(), [self = shared_from_this()] { self->close_here(); });
-        } catch (...) {
-            // post() only fails when allocation fails; the acceptor then closes with the server.
-        }
+        return;
+    }
+    if (loop_access::if_not_running(owner, [this] { close_here(); })) return;
+    // Linux takes a listening socket out of LISTEN on shutdown(SHUT_RD): a connect from now on
+    // is refused, even before the loop runs the posted close. Elsewhere this fails harmlessly
+    // and the posted close alone ends the listening.
+    ::shutdown(listen_fd, SHUT_RD);
+    try {
+        asio::post(owner.context(), [self = shared_from_this()] { self->close_here(); });
+    } catch (...) {
+        // post() only fails when allocation fails; the acceptor then closes with the server.
     }
 }
 
@@ -221,82 +189,7 @@ void server_state::close_here() noexcept {
     log(spdlog::level::debug, "server {} closed", local.to_string());
 }
 
-task<bool> handshake_or_count(std::shared_ptr<connection_impl> c,
-                              std::shared_ptr<tls_state> settings, duration timeout,
-                              server_counters& counters) {
-    try {
-        co_await tls_handshake(c, std::move(settings), {}, timeout);
-        co_return true;
-    } catch (const error& e) {
-        if (e.kind() == errc::cancelled) throw;
-        server_counters::add(counters.handshake_failures, 1);
-        log(spdlog::level::info, "{}", e.what());
-        co_return false;
-    }
-}
-
 }  // namespace detail
-
-connection_stream::connection_stream(std::shared_ptr<detail::server_state> state) noexcept
-    : state_(std::move(state)) {}
-
-namespace detail {
-
-task<std::optional<stream_socket>> accept_next(std::shared_ptr<server_state> state,
-                                               asio::io_context& into) {
-    auto& s = *state;
-    for (;;) {
-        if (s.closed) co_return std::nullopt;
-        auto [ec, socket] = co_await s.acceptor.async_accept(into, use_tuple);
-        if (!ec) {
-            if (s.backoff.count() != 0) {
-                log(spdlog::level::warn, "accept on {} recovered", s.local.to_string());
-                s.backoff = std::chrono::milliseconds{0};
-            }
-            server_counters::add(s.counters->accepted, 1);
-            co_return std::move(socket);
-        }
-        // Closed (acceptor closed under us) or the awaiting task cancelled: the stream ends.
-        if (s.closed || ec == asio::error::operation_aborted) co_return std::nullopt;
-        server_counters::add(s.counters->accept_errors, 1);
-        if (skip_connection(ec)) continue;
-        if (!back_off(ec)) {
-            throw error(errc::accept_failed, "accept " + s.local.to_string(), ec.value());
-        }
-        if (s.backoff.count() == 0) {
-            log(spdlog::level::warn, "accept on {}: {}; backing off", s.local.to_string(),
-                ec.message());
-            s.backoff = first_backoff;
-        } else {
-            s.backoff = std::min(s.backoff * 2, max_backoff);
-        }
-        asio::steady_timer timer(s.owner.context(), s.backoff);
-        auto it = s.wake_on_close.insert(s.wake_on_close.end(), &timer);
-        auto [wait_ec] = co_await timer.async_wait(use_tuple);
-        s.wake_on_close.erase(it);
-        if (wait_ec && !s.closed) co_return std::nullopt;  // cancelled
-    }
-}
-
-}  // namespace detail
-
-task<std::optional<connection>> connection_stream::next() {
-    auto state = state_;  // the frame keeps the server state alive
-    for (;;) {
-        auto socket = co_await detail::accept_next(state, state->owner.context());
-        if (!socket) co_return std::nullopt;
-        auto impl = std::make_shared<detail::connection_impl>(state->owner, std::move(*socket),
-                                                              state->counters);
-        detail::log(spdlog::level::debug, "accepted {}", impl->remote.to_string());
-        connection conn(impl);
-        if (!state->tls) co_return std::move(conn);
-        // One handshake at a time: serve() runs them side by side, in each connection's task.
-        if (co_await detail::handshake_or_count(impl, state->tls, state->handshake_timeout,
-                                                *state->counters)) {
-            co_return std::move(conn);
-        }
-    }
-}
 
 server::server(std::shared_ptr<detail::server_state> state) noexcept : state_(std::move(state)) {}
 

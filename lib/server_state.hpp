@@ -22,6 +22,14 @@
 
 namespace netloop::detail {
 
+struct handshake_queue;
+
+// An accepted socket and its peer's address, as accept() reported it.
+struct accepted {
+    stream_socket socket;
+    address peer;
+};
+
 struct server_state : std::enable_shared_from_this<server_state> {
     server_state(loop& l, stream_acceptor a);
 
@@ -38,6 +46,8 @@ struct server_state : std::enable_shared_from_this<server_state> {
     std::shared_ptr<tls_state> tls;  // a server context: connections are TLS
     duration handshake_timeout = std::chrono::seconds(10);
     std::shared_ptr<server_counters> counters = std::make_shared<server_counters>();
+    // TLS under next(): the connections whose handshake succeeded, waiting for next().
+    std::shared_ptr<handshake_queue> handshakes;
 
     // Accept back-off after EMFILE and friends: the current delay (zero when healthy).
     std::chrono::milliseconds backoff{0};
@@ -45,9 +55,9 @@ struct server_state : std::enable_shared_from_this<server_state> {
     // its limit): close() cancels them, so the waiters see the close at once.
     std::list<asio::steady_timer*> wake_on_close;
 
-    // Closes on the calling thread if it runs the loop. From another thread it stops the
+    // Closes on the calling thread if it runs the loop. From any other thread it stops the
     // listening at once (shutdown(SHUT_RD): new connects are refused, a pending accept wakes)
-    // and posts the close of the acceptor to the loop.
+    // and posts the close of the acceptor to the loop, which alone touches the acceptor.
     void close() noexcept;
 
     // A Unix socket file this server bound: removed on close(), unless handed to a successor.
@@ -84,9 +94,14 @@ std::shared_ptr<server_state> open_listener(const address& at, const listen_opti
                                             loop& l);
 
 // Accepts the next connection into a socket of `into` (another loop's io_context, for a
-// hand-off), with the back-off of connection_stream::next(); nullopt once closed or cancelled.
-task<std::optional<stream_socket>> accept_next(std::shared_ptr<server_state> state,
-                                               asio::io_context& into);
+// hand-off), backing off on EMFILE and the like; nullopt once closed or cancelled. The one accept
+// path of next() and serve().
+task<std::optional<accepted>> accept_next(std::shared_ptr<server_state> state,
+                                          asio::io_context& into);
+
+// The connection of an accepted socket, on `l` (the loop the socket belongs to).
+std::shared_ptr<connection_impl> make_connection(loop& l, accepted a,
+                                                 std::shared_ptr<server_counters> counters);
 
 // The TLS handshake of an accepted connection, bounded by `timeout`: true if it succeeded;
 // false, logged and counted in `counters.handshake_failures`, if it failed. Cancellation throws.

@@ -5,8 +5,14 @@
 #include <atomic>
 #include <cstddef>
 #include <memory>
+#include <mutex>
 
+#include <asio/bind_cancellation_slot.hpp>
 #include <asio/cancellation_signal.hpp>
+#include <asio/co_spawn.hpp>
+#include <asio/post.hpp>
+
+#include <netloop/task.hpp>
 
 namespace netloop::detail {
 
@@ -67,11 +73,31 @@ public:
     // Set by ~loop: the io_context is going away, nothing may be spawned on it.
     bool destroying = false;
     // A thread is inside the loop's run(): other threads must post to it, not touch it.
+    // Changed under `run_mutex`, so another thread can act on "not running" while holding it.
     std::atomic<bool> running{false};
+    std::mutex run_mutex;
 
 private:
     entry* head_ = nullptr;
     std::size_t size_ = 0;
 };
+
+// Starts `t` on `context` as a detached task tracked by `registry` (its entry's signal cancels
+// it); `on_exit(exception_ptr)` runs when it ends, on the loop. The one way lib/ spawns.
+template <typename OnExit>
+void spawn_tracked(asio::io_context& context, task_registry& registry, task<> t, OnExit on_exit) {
+    auto* entry = registry.add();
+    asio::co_spawn(context, std::move(t),
+                   asio::bind_cancellation_slot(
+                       entry->signal.slot(), [&context, &registry, entry,
+                                              on_exit = std::move(on_exit)](std::exception_ptr e) {
+                           on_exit(e);
+                           // The entry's signal is still referenced by co_spawn's frames while
+                           // this handler runs; free it from a fresh handler.
+                           registry.remove(entry);
+                           asio::post(context, [owned = registry.release(entry)] {});
+                       }));
+    if (registry.draining) entry->signal.emit(asio::cancellation_type::terminal);
+}
 
 }  // namespace netloop::detail

@@ -43,9 +43,6 @@ struct peer_credentials {
 /// Thread safety: the loop's thread only.
 class connection {
 public:
-    /// Wraps the state netloop made for an accepted or connected socket (used by `server` and
-    /// `connect`).
-    explicit connection(std::shared_ptr<detail::connection_impl> impl) noexcept;
     connection(connection&&) noexcept;
     connection& operator=(connection&&) noexcept;
     ~connection();
@@ -172,6 +169,8 @@ public:
 
 private:
     friend struct detail::connection_access;
+    // Wraps the state netloop made for an accepted or connected socket.
+    explicit connection(std::shared_ptr<detail::connection_impl> impl) noexcept;
     std::shared_ptr<detail::connection_impl> impl_;
 };
 

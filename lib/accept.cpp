@@ -1,0 +1,182 @@
+// SPDX-License-Identifier: MIT
+// The one accept path: accept with back-off, make the connection, the TLS handshake; next().
+#include <cerrno>
+#include <deque>
+
+#include <asio/experimental/awaitable_operators.hpp>
+
+#include <netloop/error.hpp>
+#include <netloop/server.hpp>
+
+#include "logging.hpp"
+#include "server_state.hpp"
+
+namespace netloop {
+namespace detail {
+namespace {
+
+// Errors that concern one connection attempt only: skip it and accept the next one.
+bool skip_connection(const asio::error_code& ec) {
+    switch (ec.value()) {
+        case ECONNABORTED:
+        case EPROTO:
+        case EPERM:  // a firewall rule refused this peer
+        case EINTR:
+        case EAGAIN:
+        case ENETDOWN:
+        case ENETUNREACH:
+        case EHOSTDOWN:
+        case EHOSTUNREACH:
+        case ENONET:
+        case ENOPROTOOPT:
+        case EOPNOTSUPP:
+            return ec.category() == asio::system_category();
+        default:
+            return false;
+    }
+}
+
+// Errors of resource exhaustion: accepting again at once would spin, so back off.
+bool back_off(const asio::error_code& ec) {
+    return ec.category() == asio::system_category() &&
+           (ec.value() == EMFILE || ec.value() == ENFILE || ec.value() == ENOBUFS ||
+            ec.value() == ENOMEM);
+}
+
+constexpr std::chrono::milliseconds first_backoff{5};
+constexpr std::chrono::milliseconds max_backoff{1000};
+
+}  // namespace
+
+task<std::optional<accepted>> accept_next(std::shared_ptr<server_state> state,
+                                          asio::io_context& into) {
+    auto& s = *state;
+    asio::generic::stream_protocol::endpoint peer;
+    for (;;) {
+        if (s.closed) co_return std::nullopt;
+        auto [ec, socket] = co_await s.acceptor.async_accept(into, peer, use_tuple);
+        if (!ec) {
+            if (s.backoff.count() != 0) {
+                log(spdlog::level::warn, "accept on {} recovered", s.local.to_string());
+                s.backoff = std::chrono::milliseconds{0};
+            }
+            server_counters::add(s.counters->accepted, 1);
+            co_return accepted{std::move(socket), from_generic(peer)};
+        }
+        // Closed (acceptor closed under us) or the awaiting task cancelled: the stream ends.
+        if (s.closed || ec == asio::error::operation_aborted) co_return std::nullopt;
+        server_counters::add(s.counters->accept_errors, 1);
+        if (skip_connection(ec)) continue;
+        if (!back_off(ec)) {
+            throw error(errc::accept_failed, "accept " + s.local.to_string(), ec.value());
+        }
+        if (s.backoff.count() == 0) {
+            log(spdlog::level::warn, "accept on {}: {}; backing off", s.local.to_string(),
+                ec.message());
+            s.backoff = first_backoff;
+        } else {
+            s.backoff = std::min(s.backoff * 2, max_backoff);
+        }
+        asio::steady_timer timer(s.owner.context(), s.backoff);
+        auto it = s.wake_on_close.insert(s.wake_on_close.end(), &timer);
+        auto [wait_ec] = co_await timer.async_wait(use_tuple);
+        s.wake_on_close.erase(it);
+        if (wait_ec && !s.closed) co_return std::nullopt;  // cancelled
+    }
+}
+
+std::shared_ptr<connection_impl> make_connection(loop& l, accepted a,
+                                                 std::shared_ptr<server_counters> counters) {
+    auto impl = std::make_shared<connection_impl>(l, std::move(a.socket), std::move(a.peer),
+                                                  std::move(counters));
+    if (log_enabled(spdlog::level::debug)) {
+        log(spdlog::level::debug, "accepted {}", impl->remote.to_string());
+    }
+    return impl;
+}
+
+task<bool> handshake_or_count(std::shared_ptr<connection_impl> c,
+                              std::shared_ptr<tls_state> settings, duration timeout,
+                              server_counters& counters) {
+    try {
+        co_await tls_handshake(c, std::move(settings), {}, timeout);
+        co_return true;
+    } catch (const error& e) {
+        if (e.kind() == errc::cancelled) throw;
+        server_counters::add(counters.handshake_failures, 1);
+        log(spdlog::level::info, "{}", e.what());
+        co_return false;
+    }
+}
+
+// TLS connections handshake side by side, each in a task of its own; next() hands out the
+// ones that succeeded, in the order they did.
+struct handshake_queue {
+    explicit handshake_queue(asio::io_context& c) : wake(c) {}
+    std::deque<connection> ready;
+    asio::steady_timer wake;  // cancelled when a handshake succeeds
+};
+
+namespace {
+
+task<> handshake_into(std::shared_ptr<server_state> state, std::shared_ptr<connection_impl> impl) {
+    auto conn = connection_access::make(impl);
+    if (!co_await handshake_or_count(impl, state->tls, state->handshake_timeout,
+                                     *state->counters)) {
+        co_return;
+    }
+    auto& queue = *state->handshakes;
+    queue.ready.push_back(std::move(conn));
+    queue.wake.cancel();
+}
+
+// One accept; the connection's handshake starts in a task of its own. False once the stream
+// ended (closed, or this branch was cancelled).
+task<bool> accept_and_handshake(std::shared_ptr<server_state> state) {
+    auto a = co_await accept_next(state, state->owner.context());
+    if (!a) co_return false;
+    auto impl = make_connection(state->owner, std::move(*a), state->counters);
+    spawn(handshake_into(state, std::move(impl)), state->owner);
+    co_return true;
+}
+
+task<std::optional<connection>> next_tls(std::shared_ptr<server_state> state) {
+    if (!state->handshakes)
+        state->handshakes = std::make_shared<handshake_queue>(state->owner.context());
+    auto queue = state->handshakes;
+    for (;;) {
+        if (!queue->ready.empty()) {
+            auto conn = std::move(queue->ready.front());
+            queue->ready.pop_front();
+            co_return std::move(conn);
+        }
+        if (state->closed) co_return std::nullopt;
+        queue->wake.expires_at(never);
+        using namespace asio::experimental::awaitable_operators;
+        // Both branches are non-throwing but for a fatal accept error, and the accept branch
+        // acts before it completes: whichever wins, no accepted connection is lost.
+        auto first = co_await (accept_and_handshake(state) || queue->wake.async_wait(use_tuple));
+        auto cs = co_await asio::this_coro::cancellation_state;
+        if (cs.cancelled() != asio::cancellation_type::none) co_return std::nullopt;
+        if (first.index() == 0 && !std::get<0>(first) && queue->ready.empty()) {
+            co_return std::nullopt;
+        }
+    }
+}
+
+}  // namespace
+}  // namespace detail
+
+connection_stream::connection_stream(std::shared_ptr<detail::server_state> state) noexcept
+    : state_(std::move(state)) {}
+
+task<std::optional<connection>> connection_stream::next() {
+    auto state = state_;  // the frame keeps the server state alive
+    if (state->tls) co_return co_await detail::next_tls(state);
+    auto a = co_await detail::accept_next(state, state->owner.context());
+    if (!a) co_return std::nullopt;
+    co_return detail::connection_access::make(
+        detail::make_connection(state->owner, std::move(*a), state->counters));
+}
+
+}  // namespace netloop
