@@ -53,13 +53,15 @@ public:
     /// Throws `error` with `errc::connection_closed` on orderly EOF (at once, even while a
     /// timeout is pending), `errc::connection_reset` if the peer reset, `errc::timeout` if
     /// nothing arrived within `timeout`; after a timeout the connection stays usable.
-    /// Does not allocate.
+    /// Allocates nothing in steady state (one coroutine frame over Asio's read, both from
+    /// Asio's per-thread cache; `test/alloc_test.cpp` counts it).
     [[nodiscard]] task<std::size_t> read(std::span<std::byte> buf, duration timeout);
 
     /// Waits until bytes are ready, then returns up to `max_bytes` of them in a new buffer.
     ///
-    /// The buffer exists only once data is there, so an idle connection costs no buffer.
-    /// Throws as `read(span, timeout)`.
+    /// The buffer exists only once data is there, so an idle connection costs no buffer; the
+    /// bytes are read into per-thread scratch space and the buffer made to their size, with no
+    /// extra system call. Throws as `read(span, timeout)`.
     [[nodiscard]] task<std::vector<std::byte>> read(std::size_t max_bytes, duration timeout);
 
     /// Reads exactly `buf.size()` bytes; `timeout` bounds the whole call.
@@ -81,7 +83,8 @@ public:
                                                     std::size_t max_length, duration timeout);
 
     /// The bytes read into the connection's buffer and not consumed yet: a parser reads them
-    /// in place, `consume()`s what it used, and calls `fill()` when it needs more.
+    /// in place, `consume()`s what it used, and calls `fill()` when it needs more. Changes
+    /// nothing: a frame that `read_until` returned stays valid.
     [[nodiscard]] std::span<const std::byte> buffered() const noexcept;
 
     /// Drops the first `n` buffered bytes (at most all of them).

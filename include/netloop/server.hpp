@@ -88,7 +88,8 @@ struct listen_options {
     int file_mode = -1;
     /// A server `tls_context`: every connection is TLS. `next()` and `serve()` hand over a
     /// connection only after its handshake succeeded; one that fails or takes longer than
-    /// `handshake_timeout` is closed and counted in `stats().handshake_failures`.
+    /// `handshake_timeout` is closed and counted in `stats().handshake_failures`. Handshakes
+    /// run side by side, each in a task of its own: a client that stays silent delays nobody.
     tls_context tls{};
     duration handshake_timeout = std::chrono::seconds(10);
 };
