@@ -47,6 +47,8 @@ strace_pid=
 cleanup() {
     if [[ -n $strace_pid ]]; then
         local child
+        # the server is strace's only child; SIGTERM it by PID, then let strace finish
+        # shellcheck disable=SC2013
         for child in $(cat /proc/"$strace_pid"/task/*/children 2>/dev/null); do
             kill -TERM "$child" 2>/dev/null || true
         done
@@ -59,7 +61,7 @@ trap cleanup EXIT
 
 # traced_run NAME N TABLE: one fresh server under strace -f -c -o TABLE, N connect cycles.
 traced_run() {
-    local name=$1 n=$2 table=$3 announce=$out/syscalls-announce.txt i addr= server=
+    local name=$1 n=$2 table=$3 announce=$out/syscalls-announce.txt i addr='' server=''
     : >"$announce"
     # shellcheck disable=SC2046
     strace -f -c -o "$table" $(server_cmd "$name") 127.0.0.1:0 >"$announce" \
