@@ -39,7 +39,8 @@ asio::awaitable<void> echo(tcp::socket socket) {
     try {
         std::array<char, 4096> data;  // the 4 KiB array of samples/echo
         for (;;) {
-            std::size_t n = co_await socket.async_read_some(asio::buffer(data), asio::use_awaitable);
+            std::size_t n =
+                co_await socket.async_read_some(asio::buffer(data), asio::use_awaitable);
             co_await asio::async_write(socket, asio::buffer(data, n), asio::use_awaitable);
         }
     } catch (const std::exception&) {
