@@ -48,6 +48,9 @@ struct server_counters {
     counter bytes_written{0};
     counter accept_errors{0};
     counter handshake_failures{0};
+    // Set by serve() when it cuts its connections (a forced drain, or the drain's deadline):
+    // they close at once, with no linger — they have no finished reply to protect.
+    std::atomic<bool> cutting{false};
 
     static std::uint64_t get(const counter& c) noexcept {
         return c.load(std::memory_order_relaxed);
@@ -111,7 +114,12 @@ struct connection_impl : std::enable_shared_from_this<connection_impl> {
     std::size_t pending_consume = 0;
     bool closed = false;
     bool limit_expired = false;  // closed by idle_timeout or connection_deadline
-    bool timer_armed = false;    // a wait on `timer` is outstanding
+    bool drained = false;        // its idle read was ended by a drain
+    // Reads begun so far, and the count a drain saw when it last looked: a read still pending
+    // under the same count, with nothing buffered, has waited the whole time in between.
+    std::uint32_t reads_begun = 0;
+    std::uint32_t drain_mark = 0;
+    bool timer_armed = false;  // a wait on `timer` is outstanding
 
     [[nodiscard]] const address& local() const;
 
@@ -132,6 +140,13 @@ struct connection_impl : std::enable_shared_from_this<connection_impl> {
     void close() noexcept;
     // linger.cpp: an immediate close with a reset (SO_LINGER 0).
     void abort() noexcept;
+    // linger.cpp: a close with no linger, for a connection cut by a deadline or a forced drain:
+    // what was written still goes out (input that has arrived is discarded first, so the close
+    // is no reset), but nothing waits for the peer.
+    void cut() noexcept;
+    // drain.cpp: during a drain, true if the connection waits in a read for a new message —
+    // nothing buffered, and no byte since the previous look — and then ends that read.
+    bool end_if_idle() noexcept;
     // linger.cpp: marks the connection closed and ends its pending operations; false if it
     // already was.
     bool mark_closed() noexcept;

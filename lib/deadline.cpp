@@ -15,6 +15,7 @@ namespace netloop::detail {
 void connection_impl::begin(direction& d, duration timeout) {
     d.pending = true;
     d.expired = false;
+    if (&d == &reader) ++reads_begun;
     if (timeout == no_timeout && !limits) {
         d.at = never;
         return;

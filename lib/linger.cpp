@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 // The end of a connection: the graceful close with its bounded linger, the reset, half-close.
 #include <array>
+#include <sys/socket.h>
 
 #include <netloop/connection.hpp>
 
@@ -92,6 +93,10 @@ task<> linger(std::shared_ptr<connection_impl> c) {
 }  // namespace
 
 void connection_impl::close() noexcept {
+    if (limit_expired || (counters && counters->cutting.load(std::memory_order_relaxed))) {
+        cut();
+        return;
+    }
     if (!mark_closed() || !stream.socket().is_open()) return;
     if (!loop_access::accepts_tasks(owner)) {
         asio::error_code ignored;
@@ -104,6 +109,24 @@ void connection_impl::close() noexcept {
         asio::error_code ignored;  // no memory for the linger: close at once
         stream.socket().close(ignored);
     }
+}
+
+void connection_impl::cut() noexcept {
+    if (!mark_closed()) return;
+    auto& socket = stream.socket();
+    if (!socket.is_open()) return;
+    int fd = socket.native_handle();
+    ::shutdown(fd, SHUT_WR);
+    // Closing with unread input would reset the connection and destroy what write() already
+    // accepted: discard what has arrived (a bounded amount, without waiting), then close. The
+    // kernel then sends the rest and the FIN on its own; only a peer that goes on sending after
+    // this could still provoke a reset.
+    std::array<std::byte, 16384> discard;
+    for (int i = 0; i < 64; ++i) {
+        if (::recv(fd, discard.data(), discard.size(), MSG_DONTWAIT) <= 0) break;
+    }
+    asio::error_code ignored;
+    socket.close(ignored);
 }
 
 void connection_impl::abort() noexcept {

@@ -1,7 +1,9 @@
 // SPDX-License-Identifier: MIT
 // server::serve: the accept loop with limits, a tracked task per connection, the drain, and
 // the optional extra loops (threads) that share the work.
+#include <list>
 #include <mutex>
+#include <optional>
 #include <thread>
 #include <unordered_map>
 
@@ -85,6 +87,7 @@ struct loop_share {
     std::shared_ptr<serve_common> common;
     std::shared_ptr<server_counters> counters;
     task_registry handlers;  // one cancellation signal per running handler
+    std::list<std::shared_ptr<connection_impl>> live;  // their connections, for the drain
     std::size_t running = 0;
     std::size_t workers_left = 0;  // main loop only: extra loops that have not drained
     std::size_t threads_left = 0;  // main loop only: extra threads still running their loop
@@ -130,7 +133,9 @@ private:
 
 task<> run_handler(std::shared_ptr<loop_share> s, connection conn, asio::ip::address ip) {
     auto remote = conn.remote_address().to_string();
+    std::optional<std::list<std::shared_ptr<connection_impl>>::iterator> entry;
     try {
+        entry = s->live.insert(s->live.end(), connection_access::impl(conn).shared_from_this());
         bool ready =
             !s->common->tls ||
             co_await handshake_or_count(connection_access::impl(conn).shared_from_this(),
@@ -139,6 +144,7 @@ task<> run_handler(std::shared_ptr<loop_share> s, connection conn, asio::ip::add
     } catch (...) {
         log_escaped(std::current_exception(), "handler for", remote);
     }
+    if (entry) s->live.erase(*entry);
     s->common->limits.release(ip);
     --s->running;
     s->notify();
@@ -203,15 +209,28 @@ task<> accept_loop(std::shared_ptr<loop_share> self, std::shared_ptr<server_stat
 
 // Lets this loop's handlers finish until the drain deadline (or a forced drain), then cancels
 // the rest and waits a last second for them.
+// Meanwhile, every `drain_idle_grace` it ends the reads of connections that wait, idle, for a
+// new message (connection_impl::end_if_idle): their handlers see connection_closed at once.
 task<> drain_share(std::shared_ptr<loop_share> s, cancel_forwarder* forwarder) {
+    const auto& options = s->common->options;
+    auto next_look = options.close_idle_on_drain ? clock::now() : never;
     while (s->running > 0 && !s->force && !(forwarder != nullptr && forwarder->fired) &&
            clock::now() < s->common->drain_until) {
-        co_await wait_for_wake(*s, s->common->drain_until);
+        if (clock::now() >= next_look) {
+            std::size_t ended = 0;
+            for (auto& c : s->live) ended += c->end_if_idle() ? 1 : 0;
+            if (ended > 0) log(spdlog::level::debug, "drain: ended {} idle connection(s)", ended);
+            next_look = deadline_after(clock::now(), options.drain_idle_grace);
+        }
+        co_await wait_for_wake(*s, std::min(s->common->drain_until, next_look));
     }
     if (s->running == 0) co_return;
     bool forced = s->force || (forwarder != nullptr && forwarder->fired);
     log(spdlog::level::warn, "{}: cancelling {} connection(s)",
         forced ? "forced drain" : "drain timeout", s->running);
+    // Cut, not lingered: what these handlers wrote still goes out, but nothing waits for
+    // their peers, so a forced stop is immediate.
+    s->counters->cutting.store(true, std::memory_order_relaxed);
     s->handlers.cancel_all();
     // Cancelled handlers end promptly; one that ignores cancellation is left to finish on its
     // own after a last second, detached (it holds what it uses).

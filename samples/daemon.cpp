@@ -3,7 +3,7 @@
 //
 //   daemon [host:port] [--unix PATH] [--tls-cert FILE --tls-key FILE]
 //          [--max-connections N] [--on-limit pause|reject] [--idle-timeout SECONDS]
-//          [--drain-timeout SECONDS] [--threads N] [--balance hand-off|reuse-port]
+//          [--drain-timeout SECONDS] [--linger SECONDS] [--threads N] [--balance hand-off|reuse-port]
 //          [--log-level trace|debug|info|warn|error|off]
 //
 // --unix listens on a Unix domain socket (a path, or @name for an abstract one) instead of
@@ -40,7 +40,7 @@ namespace {
 constexpr const char* usage =
     "usage: daemon [host:port] [--unix PATH] [--tls-cert FILE --tls-key FILE]\n"
     "              [--max-connections N] [--on-limit pause|reject]\n"
-    "              [--idle-timeout SECONDS] [--drain-timeout SECONDS]\n"
+    "              [--idle-timeout SECONDS] [--drain-timeout SECONDS] [--linger SECONDS]\n"
     "              [--threads N] [--balance hand-off|reuse-port]\n"
     "              [--log-level trace|debug|info|warn|error|off]\n";
 
@@ -112,6 +112,8 @@ config parse(int argc, char** argv) {
             c.serve.idle_timeout = parse_seconds(arg, value);
         } else if (arg == "--drain-timeout") {
             c.serve.drain_timeout = parse_seconds(arg, value);
+        } else if (arg == "--linger") {
+            c.serve.linger_timeout = parse_seconds(arg, value);
         } else if (arg == "--threads") {
             c.serve.threads = parse_count(arg, value);
         } else if (arg == "--balance") {

@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: MIT
 // samples/daemon as a real process: flags validated, echo, drain on SIGTERM, a second SIGTERM.
+#include <array>
 #include <cerrno>
 #include <chrono>
 #include <csignal>
@@ -363,4 +364,124 @@ TEST_CASE("daemon --unix serves a Unix socket and removes its file on exit",
     CAPTURE(err.contents());
     CHECK(daemon.exited_with(0, 10s));
     CHECK_FALSE(std::filesystem::exists(path));
+}
+
+namespace {
+
+// Streams 512-byte chunks (one every 5 ms, each echo read back and compared) until `stop`,
+// then closes; counts the chunks.
+task<> stream_until(netloop::connection c, const bool& stop, std::size_t& chunks, bool& intact,
+                    bool& done) {
+    try {
+        while (!stop) {
+            auto msg = netloop::test::text(pattern(512, static_cast<unsigned>(chunks)));
+            auto back = co_await echo_once(c, msg);
+            intact = intact && back == msg;
+            ++chunks;
+            co_await netloop::test::sleep_for(5ms);
+        }
+    } catch (const netloop::error&) {
+        intact = false;
+    }
+    c.close();
+    done = true;
+}
+
+}  // namespace
+
+TEST_CASE(
+    "on SIGTERM the daemon ends its idle clients at once and exits when its streaming client "
+    "stops, long before the drain timeout",
+    "[samples][daemon]") {
+    temp_file err;
+    child_process daemon(daemon_args({"--drain-timeout", "60"}), {}, err.path());
+    auto port = daemon.announced_port();
+    REQUIRE(port != 0);
+    struct result {
+        int idle_closed = 0;
+        bool running_after_idle_closed = false;
+        std::size_t chunks_after_idle_closed = 0;
+        std::size_t chunks_at_stop = 0;
+        bool intact = true;
+        bool exited = false;
+    };
+    auto r = run_bounded(
+        [&]() -> task<result> {
+            result r;
+            auto to = address::ipv4("127.0.0.1", port);
+            std::vector<netloop::connection> idle;
+            for (int i = 0; i < 100; ++i) {
+                idle.push_back(co_await netloop::connect(to, 5s));
+                (void)co_await echo_once(idle.back(), "x");
+            }
+            bool stop = false;
+            std::size_t chunks = 0;
+            bool done = false;
+            auto streaming = co_await netloop::connect(to, 5s);
+            netloop::spawn(stream_until(std::move(streaming), stop, chunks, r.intact, done));
+            co_await eventually([&] { return chunks >= 10; }, 10s);
+            daemon.signal(SIGTERM);
+            std::array<std::byte, 1> buf;
+            for (auto& c : idle) {
+                auto kind = co_await kind_of(c.read(buf, 10s));
+                r.idle_closed += kind == errc::connection_closed ? 1 : 0;
+                c.close();
+            }
+            auto after = chunks;
+            // The streaming client keeps its handler, and the daemon, running.
+            co_await eventually([&] { return chunks >= after + 20 || done; }, 10s);
+            r.chunks_after_idle_closed = chunks - after;
+            r.running_after_idle_closed = !daemon.wait(0ms).has_value();
+            stop = true;
+            co_await eventually([&] { return done; }, 10s);
+            r.chunks_at_stop = chunks;
+            // The drain has nothing left to wait for: the exit follows, not the 60 s bound.
+            r.exited = co_await eventually([&] { return daemon.wait(0ms).has_value(); }, 15s);
+            co_return r;
+        },
+        40s);
+    CAPTURE(err.contents());
+    CHECK(r.idle_closed == 100);
+    CHECK(r.chunks_after_idle_closed >= 20);
+    CHECK(r.running_after_idle_closed);
+    CHECK(r.intact);
+    REQUIRE(r.exited);
+    CHECK(daemon.exited_with(0, 0ms));
+}
+
+TEST_CASE(
+    "a forced stop cuts a busy client at once: a second SIGTERM, or the end of the drain, exits "
+    "long before a 30 s linger",
+    "[samples][daemon]") {
+    // The drain's end (--drain-timeout 1) or a second SIGTERM cuts a handler stuck writing to a
+    // client that never reads nor closes; with --linger 30 a lingering close would hold the
+    // exit for 30 s, so an exit within 15 s shows that nothing lingered.
+    auto second_signal = GENERATE(true, false);
+    CAPTURE(second_signal);
+    temp_file err;
+    std::vector<std::string> flags{"--linger", "30"};
+    if (!second_signal) flags.insert(flags.end(), {"--drain-timeout", "1"});
+    child_process daemon(daemon_args(flags), {}, err.path());
+    auto port = daemon.announced_port();
+    REQUIRE(port != 0);
+    auto exited = run_bounded(
+        [&]() -> task<bool> {
+            auto to = address::ipv4("127.0.0.1", port);
+            auto c = co_await netloop::connect(to, 5s);
+            (void)co_await echo_once(c, "hi");
+            // Fill both directions' buffers: the handler blocks writing the echo.
+            auto flood = pattern(16 << 20, 7);
+            (void)co_await kind_of(c.write(flood, 2s));
+            daemon.signal(SIGTERM);
+            if (second_signal) {
+                (void)co_await refused_soon(to);  // the drain has begun
+                daemon.signal(SIGTERM);
+            }
+            auto gone = co_await eventually([&] { return daemon.wait(0ms).has_value(); }, 15s);
+            co_return gone;
+        },
+        30s);
+    CAPTURE(err.contents());
+    REQUIRE(exited);
+    CHECK(daemon.exited_with(0, 0ms));
 }

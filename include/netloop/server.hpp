@@ -101,13 +101,25 @@ struct serve_options {
     limit_policy on_limit = limit_policy::pause;
     /// Connections at once from one IP address; over it, the new one is closed and counted.
     std::size_t max_connections_per_ip = unlimited;
-    /// No byte in either direction for this long: the connection is closed, the handler's
-    /// pending read or write ends with `errc::timeout`.
+    /// No byte in either direction for this long: the connection is cut (closed at once, no
+    /// linger; what was written still goes out), the handler's pending read or write ends with
+    /// `errc::timeout`.
     duration idle_timeout = no_timeout;
     /// The whole connection's bound, from accept; then as `idle_timeout`.
     duration connection_deadline = no_timeout;
-    /// On shutdown, how long handlers may go on before they are cancelled.
+    /// On shutdown, how long handlers may go on before they are cancelled. Cancelled
+    /// connections close at once, with no linger (they have no finished reply to protect).
     duration drain_timeout = std::chrono::seconds(10);
+    /// On shutdown, end at once the connections that wait idle for a new message, as Go's
+    /// `Server.Shutdown` and nginx do: a read pending with nothing buffered, no write pending,
+    /// and no byte received for `drain_idle_grace`. Its handler sees `errc::connection_closed`
+    /// ("server draining") and the connection closes gracefully. A peer in the middle of a
+    /// message, or streaming, keeps its handler running until `drain_timeout`.
+    bool close_idle_on_drain = true;
+    /// How long a read must have waited with no byte for `close_idle_on_drain` to call it idle.
+    /// Longer than the pauses of your protocol's streams; the idle see EOF this long after the
+    /// drain begins.
+    duration drain_idle_grace = std::chrono::milliseconds(250);
     /// How long a closing connection discards input while waiting for the peer to close.
     duration linger_timeout = std::chrono::seconds(2);
     /// Loops serving connections. 1 serves on the server's own loop; more starts `threads - 1`
