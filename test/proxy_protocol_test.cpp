@@ -345,3 +345,24 @@ TEST_CASE("garbage is invalid from its first byte", "[proxy]") {
     CAPTURE(text);
     CHECK(parse(text).status == proxy_parse_result::invalid);
 }
+
+TEST_CASE("the headers HAProxy 2.6 sends with send-proxy-v2 and check-send-proxy parse",
+          "[proxy]") {
+    // Captured from HAProxy 2.6.12 (samples/haproxy/haproxy.cfg): a client on 127.0.0.2:52983
+    // relayed to 127.0.0.1:56247, then "hello"; and a health check.
+    const std::string relayed(
+        "\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x0c\x7f\x00\x00\x02\x7f\x00\x00\x01\xce\xf7\xdb\xb7"
+        "hello",
+        33);
+    auto r = parse(relayed, proxy_protocol::v2);
+    REQUIRE(r.status == proxy_parse_result::done);
+    CHECK(r.header.length == 28);
+    CHECK(r.header.command == proxy_command::proxy);
+    CHECK(r.header.source == address::ipv4("127.0.0.2", 52983));
+    CHECK(r.header.destination == address::ipv4("127.0.0.1", 56247));
+    const std::string check("\r\n\r\n\0\r\nQUIT\n\x20\x00\x00\x00", 16);
+    auto c = parse(check, proxy_protocol::v2);
+    REQUIRE(c.status == proxy_parse_result::done);
+    CHECK(c.header.length == 16);
+    CHECK(c.header.command == proxy_command::local);
+}
