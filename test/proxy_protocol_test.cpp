@@ -4,6 +4,8 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
+#include <new>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -12,6 +14,21 @@
 #include <netloop/proxy.hpp>
 
 #include "support/catch.hpp"
+
+// Counts the allocations made while `counting` is set, to show the parser makes none.
+namespace {
+thread_local bool counting = false;
+thread_local std::size_t allocations = 0;
+}  // namespace
+
+void* operator new(std::size_t n) {
+    if (counting) ++allocations;
+    if (void* p = std::malloc(n == 0 ? 1 : n)) return p;
+    throw std::bad_alloc();
+}
+// Not inlined: g++ would otherwise see free() of what operator new returned, and warn.
+[[gnu::noinline]] void operator delete(void* p) noexcept { std::free(p); }
+[[gnu::noinline]] void operator delete(void* p, std::size_t) noexcept { std::free(p); }
 
 using netloop::address;
 using netloop::proxy_protocol;
@@ -365,4 +382,30 @@ TEST_CASE("the headers HAProxy 2.6 sends with send-proxy-v2 and check-send-proxy
     REQUIRE(c.status == proxy_parse_result::done);
     CHECK(c.header.length == 16);
     CHECK(c.header.command == proxy_command::local);
+}
+
+TEST_CASE("parsing allocates nothing, whatever the header", "[proxy]") {
+    std::string long_path(107, 'p');
+    const std::vector<std::string> inputs{
+        "PROXY TCP4 192.168.0.1 192.168.0.11 56324 443\r\n",
+        "PROXY TCP6 2001:db8::1 2001:db8::2 1 2\r\n",
+        "PROXY UNKNOWN\r\n",
+        "PROXY TCP4 1.2.3.4 5.6.7.8 1 2\n",
+        "PROXY TCP4 1.2.3.4",
+        v2(0x21, 0x11, v4_block + tlv(0x01, "h2") + tlv(0x02, "example.com")),
+        v2(0x21, 0x21, v6_block()),
+        v2(0x21, 0x31, unix_block(long_path, long_path)),
+        v2(0x20, 0x00, ""),
+        v2(0x21, 0x11, v4_block + tlv(0x01, "h2").substr(0, 4)),
+        "GET / HTTP/1.1\r\n",
+    };
+    std::size_t done = 0;
+    counting = true;
+    for (const auto& input : inputs) {
+        auto r = parse(input);
+        done += r.status == proxy_parse_result::done ? 1 : 0;
+    }
+    counting = false;
+    CHECK(allocations == 0);
+    CHECK(done == 7);
 }
