@@ -117,6 +117,13 @@ inline bool parse_v4(std::string_view s, asio::ip::address_v4& out) noexcept {
 inline bool parse_v6(std::string_view s, asio::ip::address_v6& out) noexcept {
     std::array<char, 46> text{};  // INET6_ADDRSTRLEN
     if (s.empty() || s.size() >= text.size()) return false;
+    // inet_pton stops at a NUL: "::1\0junk" must not read as "::1".
+    for (char c : s) {
+        if (!is_digit(c) && !(c >= 'a' && c <= 'f') && !(c >= 'A' && c <= 'F') && c != ':' &&
+            c != '.') {
+            return false;
+        }
+    }
     std::memcpy(text.data(), s.data(), s.size());
     asio::ip::address_v6::bytes_type b{};
     if (::inet_pton(AF_INET6, text.data(), b.data()) != 1) return false;

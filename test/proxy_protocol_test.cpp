@@ -267,6 +267,8 @@ TEST_CASE("bad v1 lines are invalid, each with its reason", "[proxy]") {
         {"PROXY TCP4 192.168.0.1 192.168.0.11 1 -1\r\n", "port"},
         {"PROXY TCP6 192.168.0.1 ::1 1 2\r\n", "IPv6"},
         {"PROXY TCP6 fe80::1%eth0 ::1 1 2\r\n", "IPv6"},
+        {std::string("PROXY TCP6 ::1\0\0 ::1 1 2\r\n", 26), "IPv6"},
+        {std::string("PROXY TCP4 1.2.3.4\0 5.6.7.8 1 2\r\n", 33), "IPv4"},
         {"PROXY TCP5 1.2.3.4 5.6.7.8 1 2\r\n", "TCP4, TCP6"},
         {"PROXY UNKNOWNX\r\n", "TCP4, TCP6"},
         {"PROXY tcp4 1.2.3.4 5.6.7.8 1 2\r\n", "TCP4, TCP6"},
