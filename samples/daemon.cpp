@@ -1,14 +1,22 @@
 // SPDX-License-Identifier: MIT
 // The echo server made production-ready with serve(): limits, idle timeout, drain, logging.
 //
-//   daemon [host:port] [--unix PATH] [--tls-cert FILE --tls-key FILE]
-//          [--max-connections N] [--on-limit pause|reject] [--idle-timeout SECONDS]
-//          [--drain-timeout SECONDS] [--linger SECONDS] [--threads N] [--balance hand-off|reuse-port]
+//   daemon [--help] [host:port] [--unix PATH] [--tls-cert FILE --tls-key FILE]
+//          [--max-connections N] [--on-limit pause|reject] [--max-connections-per-ip N]
+//          [--idle-timeout SECONDS] [--drain-timeout SECONDS] [--linger SECONDS] [--threads N]
+//          [--balance hand-off|reuse-port] [--metrics HOST:PORT]
 //          [--log-level trace|debug|info|warn|error|off]
 //
 // --unix listens on a Unix domain socket (a path, or @name for an abstract one) instead of
 // TCP. --tls-cert and --tls-key (PEM: certificate chain, private key) make every connection
 // TLS; a client that does not complete its handshake within 10 s is dropped and counted.
+// --max-connections-per-ip closes (and counts as rejected) a client's connection over N.
+//
+// --metrics HOST:PORT serves the server's counters to Prometheus: GET /metrics over HTTP/1.1
+// answers in the text exposition format (render_metrics), one request per connection; other
+// paths get 404, other methods 405, anything unreadable 400. Once listening, the daemon prints
+// a second line, "metrics on <address>". The port is bound with SO_REUSEPORT so that a
+// successor started by SIGUSR2 can bind it too.
 //
 // Announces "listening on <address>", logs to stderr, drains on SIGINT/SIGTERM and exits 0; a
 // second signal cancels the remaining connections at once.
@@ -19,10 +27,12 @@
 // dropping a connection: a new copy of the program inherits the listening socket through the
 // same LISTEN_FDS protocol, and once it is ready this one stops accepting and drains. SIGUSR1
 // logs the server's stats at info level.
+#include <atomic>
 #include <charconv>
 #include <climits>
 #include <csignal>
 #include <cstdio>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -38,17 +48,27 @@ using namespace std::chrono_literals;
 namespace {
 
 constexpr const char* usage =
-    "usage: daemon [host:port] [--unix PATH] [--tls-cert FILE --tls-key FILE]\n"
+    "usage: daemon [--help] [host:port] [--unix PATH] [--tls-cert FILE --tls-key FILE]\n"
     "              [--max-connections N] [--on-limit pause|reject]\n"
+    "              [--max-connections-per-ip N]\n"
     "              [--idle-timeout SECONDS] [--drain-timeout SECONDS] [--linger SECONDS]\n"
     "              [--threads N] [--balance hand-off|reuse-port]\n"
-    "              [--log-level trace|debug|info|warn|error|off]\n";
+    "              [--metrics HOST:PORT]\n"
+    "              [--log-level trace|debug|info|warn|error|off]\n"
+    "\n"
+    "  --max-connections-per-ip N  at most N connections at once from one IP address;\n"
+    "                              one more is closed at once and counted as rejected\n"
+    "  --metrics HOST:PORT         serve GET /metrics (Prometheus text format) on HOST:PORT;\n"
+    "                              prints \"metrics on <address>\" after \"listening on\"\n"
+    "  --linger SECONDS            how long a closing connection waits for its peer to close\n"
+    "                              (default 2); a connection cut by the drain never waits\n";
 
 struct config {
     std::string listen_at = "127.0.0.1:8080";
     std::string unix_path;
     std::string tls_cert;
     std::string tls_key;
+    std::string metrics_at;
     netloop::serve_options serve;
     spdlog::level::level_enum log_level = spdlog::level::info;
 };
@@ -56,6 +76,8 @@ struct config {
 struct bad_usage {
     std::string message;
 };
+
+struct help_requested {};
 
 std::size_t parse_count(std::string_view flag, std::string_view text) {
     std::size_t value = 0;
@@ -82,6 +104,7 @@ config parse(int argc, char** argv) {
     bool have_address = false;
     for (int i = 1; i < argc; ++i) {
         std::string_view arg = argv[i];
+        if (arg == "--help" || arg == "-h") throw help_requested{};
         if (!arg.starts_with("--")) {
             if (have_address) throw bad_usage{"unexpected argument '" + std::string(arg) + "'"};
             (void)netloop::address::parse(arg);  // reports bad text now, as a usage error
@@ -108,6 +131,11 @@ config parse(int argc, char** argv) {
             } else {
                 throw bad_usage{"--on-limit is pause or reject, not '" + std::string(value) + "'"};
             }
+        } else if (arg == "--max-connections-per-ip") {
+            c.serve.max_connections_per_ip = parse_count(arg, value);
+        } else if (arg == "--metrics") {
+            (void)netloop::address::parse(value);  // reports bad text now, as a usage error
+            c.metrics_at = value;
         } else if (arg == "--idle-timeout") {
             c.serve.idle_timeout = parse_seconds(arg, value);
         } else if (arg == "--drain-timeout") {
@@ -189,6 +217,87 @@ netloop::task<> restart_on_sigusr2(netloop::signal_stream signals, netloop::serv
     }
 }
 
+// Just enough HTTP/1.1 for a Prometheus scraper: one request per connection, answered and closed.
+std::string http_response(std::string_view status, std::string_view extra_headers,
+                          std::string_view content_type, std::string_view body, bool head_only) {
+    std::string out = "HTTP/1.1 ";
+    out += status;
+    out += "\r\nContent-Type: ";
+    out += content_type;
+    out += "\r\nContent-Length: " + std::to_string(body.size());
+    out += "\r\nConnection: close\r\n";
+    out += extra_headers;
+    out += "\r\n";
+    if (!head_only) out += body;
+    return out;
+}
+
+// The request line of `head`, checked: a method of capital letters, a target, HTTP/1.x.
+struct request_line {
+    std::string_view method;
+    std::string_view path;  // without the query
+};
+
+std::optional<request_line> parse_request_line(std::string_view head) {
+    auto line = head.substr(0, head.find("\r\n"));
+    auto sp1 = line.find(' ');
+    if (sp1 == std::string_view::npos || sp1 == 0) return std::nullopt;
+    auto sp2 = line.find(' ', sp1 + 1);
+    if (sp2 == std::string_view::npos) return std::nullopt;
+    request_line r{line.substr(0, sp1), line.substr(sp1 + 1, sp2 - sp1 - 1)};
+    auto version = line.substr(sp2 + 1);
+    if (version != "HTTP/1.1" && version != "HTTP/1.0") return std::nullopt;
+    for (char ch : r.method) {
+        if (ch < 'A' || ch > 'Z') return std::nullopt;
+    }
+    if (r.path.empty() || r.path.front() != '/') return std::nullopt;
+    r.path = r.path.substr(0, r.path.find('?'));
+    return r;
+}
+
+struct metrics_source {
+    std::shared_ptr<netloop::server> server;
+    std::shared_ptr<std::atomic<bool>> draining;
+};
+
+netloop::task<> answer_scrape(netloop::connection conn, metrics_source source) {
+    constexpr std::string_view plain = "text/plain; charset=utf-8";
+    std::string reply;
+    try {
+        auto head = co_await conn.read_until("\r\n\r\n", 8192, 10s);
+        auto request = parse_request_line(head);
+        if (!request) {
+            reply = http_response("400 Bad Request", "", plain, "bad request\n", false);
+        } else if (request->method != "GET" && request->method != "HEAD") {
+            reply = http_response("405 Method Not Allowed", "Allow: GET, HEAD\r\n", plain,
+                                  "only GET\n", request->method == "HEAD");
+        } else if (request->path != "/metrics") {
+            reply = http_response("404 Not Found", "", plain, "only /metrics\n",
+                                  request->method == "HEAD");
+        } else {
+            auto body = netloop::render_metrics(source.server->stats(),
+                                                {.draining = source.draining->load()});
+            reply = http_response("200 OK", "", netloop::metrics_content_type, body,
+                                  request->method == "HEAD");
+        }
+    } catch (const netloop::error& e) {
+        if (e.kind() != netloop::errc::message_too_large) co_return;  // gone, or silent
+        reply = http_response("400 Bad Request", "", plain, "request head too large\n", false);
+    }
+    co_await conn.write(reply, 10s);
+}
+
+// The metrics listener's accept loop; the task owns the listener, so it outlives main()'s frame
+// until its last scrape ends.
+netloop::task<> serve_metrics(std::shared_ptr<netloop::server> metrics, metrics_source source) {
+    auto scrape = [source](netloop::connection c) { return answer_scrape(std::move(c), source); };
+    co_await metrics->serve(scrape, {.max_connections = 16,
+                                     .on_limit = netloop::limit_policy::reject,
+                                     .idle_timeout = 10s,
+                                     .connection_deadline = 30s,
+                                     .drain_timeout = 2s});
+}
+
 void log_stats(const netloop::server& server, const std::shared_ptr<spdlog::logger>& log) {
     auto s = server.stats();
     log->info(
@@ -218,6 +327,9 @@ int main(int argc, char** argv) {
     config cfg;
     try {
         cfg = parse(argc, argv);
+    } catch (const help_requested&) {
+        std::fputs(usage, stdout);
+        return 0;
     } catch (const bad_usage& e) {
         std::fprintf(stderr, "daemon: %s\n%s", e.message.c_str(), usage);
         return 2;
@@ -232,22 +344,41 @@ int main(int argc, char** argv) {
 
     try {
         return netloop::run([&]() -> netloop::task<> {
-            auto server = open_server(cfg, log);
+            // Shared with the metrics handlers, which may outlive this frame by a moment.
+            auto server = std::make_shared<netloop::server>(open_server(cfg, log));
+            auto draining = std::make_shared<std::atomic<bool>>(false);
+            std::shared_ptr<netloop::server> metrics;
+            if (!cfg.metrics_at.empty()) {
+                auto at = netloop::address::parse(cfg.metrics_at);
+                metrics = std::make_shared<netloop::server>(
+                    netloop::server::listen(at, {.reuse_port = !at.is_unix()}));
+            }
             // Watched before the announcement: a SIGUSR1/2 sent as soon as the port is known
             // must not find the signal's default action (termination) still in place.
             netloop::signal_stream usr1({SIGUSR1});
             netloop::signal_stream usr2({SIGUSR2});
-            netloop::announce(server);
-            log->info("listening on {}", server.local_address().to_string());
+            netloop::announce(*server);
+            log->info("listening on {}", server->local_address().to_string());
+            if (metrics) {
+                auto at = metrics->local_address().to_string();
+                std::printf("metrics on %s\n", at.c_str());
+                std::fflush(stdout);
+                log->info("metrics on {}", at);
+                netloop::spawn(serve_metrics(metrics, {server, draining}));
+            }
             netloop::notify_ready();
             netloop::spawn(netloop::watchdog_keepalive());
             std::vector<std::string> args{self_path(argv[0])};
             for (int i = 1; i < argc; ++i) args.emplace_back(argv[i]);
-            netloop::spawn(restart_on_sigusr2(std::move(usr2), server, args, log));
-            netloop::spawn(stats_on_sigusr1(std::move(usr1), server, log));
-            cfg.serve.on_drain = [] { netloop::notify_stopping(); };
-            co_await server.serve(echo, cfg.serve);
-            log_stats(server, log);
+            netloop::spawn(restart_on_sigusr2(std::move(usr2), *server, args, log));
+            netloop::spawn(stats_on_sigusr1(std::move(usr1), *server, log));
+            cfg.serve.on_drain = [draining] {
+                draining->store(true);
+                netloop::notify_stopping();
+            };
+            co_await server->serve(echo, cfg.serve);
+            if (metrics) metrics->close();
+            log_stats(*server, log);
             log->info("stopped");
         });
     } catch (const std::exception& e) {

@@ -18,6 +18,7 @@
 #include "support/catch.hpp"
 #include "support/loopback.hpp"
 #include "support/process.hpp"
+#include "support/promtool.hpp"
 #include "support/serve_helpers.hpp"
 #include "support/temp_file.hpp"
 #if NETLOOP_HAS_TLS
@@ -75,8 +76,10 @@ TEST_CASE("daemon rejects a bad flag or value with exit status 2 and a message n
         {{"127.0.0.1:0", "--bogus", "1"}, "--bogus"},
         {{"127.0.0.1:0", "--on-limit", "maybe"}, "maybe"},
         {{"300.1.1.1:80"}, "300.1.1.1:80"},
+        {{"127.0.0.1:0", "--max-connections-per-ip", "0"}, "--max-connections-per-ip"},
+        {{"127.0.0.1:0", "--metrics", "localhost"}, "localhost"},
     };
-    auto index = GENERATE(range(0, 5));
+    auto index = GENERATE(range(0, 7));
     const auto& c = cases[static_cast<std::size_t>(index)];
     temp_file err;
     std::vector<std::string> argv{netloop::test::sample_path("daemon")};
@@ -90,6 +93,20 @@ TEST_CASE("daemon rejects a bad flag or value with exit status 2 and a message n
     CHECK(WEXITSTATUS(*status) == 2);
     CHECK(text.find(c.named) != std::string::npos);
     CHECK(text.find("usage:") != std::string::npos);
+}
+
+TEST_CASE("daemon --help prints every flag to stdout and exits 0", "[samples][daemon]") {
+    child_process daemon({netloop::test::sample_path("daemon"), "--help"});
+    std::string text;
+    while (auto line = daemon.read_line(10s)) text += *line + "\n";
+    CAPTURE(text);
+    CHECK(daemon.exited_with(0, 10s));
+    for (const char* flag : {"--unix", "--tls-cert", "--max-connections ", "--on-limit",
+                             "--max-connections-per-ip", "--idle-timeout", "--drain-timeout",
+                             "--threads", "--balance", "--metrics", "--log-level"}) {
+        CAPTURE(flag);
+        CHECK(text.find(flag) != std::string::npos);
+    }
 }
 
 TEST_CASE("daemon echoes bytes exactly and exits 0 on SIGTERM", "[samples][daemon]") {
@@ -385,6 +402,64 @@ task<> stream_until(netloop::connection c, const bool& stop, std::size_t& chunks
     }
     c.close();
     done = true;
+struct http_reply {
+    std::string status_line;
+    std::string headers;  // the lines after the status line, CRLF-separated
+    std::string body;
+    bool length_matches = false;  // Content-Length equals the body's size
+};
+
+// Reads what arrives: {errc{}, count}, or {the error's kind, 0} once the peer closed or failed.
+task<std::pair<errc, std::size_t>> read_or_end(netloop::connection& c, std::span<std::byte> buf) {
+    try {
+        auto got = co_await c.read(buf, 10s);
+        co_return std::pair{errc{}, got};
+    } catch (const netloop::error& e) {
+        co_return std::pair{e.kind(), std::size_t{0}};
+    }
+}
+
+// Sends `request` on a new connection to `to` and reads the reply until the server closes.
+task<http_reply> http_exchange(address to, std::string request) {
+    auto c = co_await netloop::connect(to, 5s);
+    co_await c.write(request, 5s);
+    std::string all;
+    std::array<std::byte, 4096> buf;
+    for (;;) {
+        auto [kind, n] = co_await read_or_end(c, buf);
+        if (kind != errc{}) break;
+        all.append(reinterpret_cast<const char*>(buf.data()), n);
+    }
+    http_reply r;
+    auto head_end = all.find("\r\n\r\n");
+    if (head_end == std::string::npos) co_return r;
+    auto first = all.find("\r\n");
+    r.status_line = all.substr(0, first);
+    r.headers = all.substr(first + 2, head_end - first - 2);
+    r.body = all.substr(head_end + 4);
+    auto at = r.headers.find("Content-Length: ");
+    if (at != std::string::npos) {
+        r.length_matches = std::stoul(r.headers.substr(at + 16)) == r.body.size();
+    }
+    co_return r;
+}
+
+// The value of the sample named exactly `name` (labels included) in a metrics text, or -1.
+long long metric(const std::string& text, const std::string& name) {
+    std::istringstream in(text);
+    std::string line;
+    while (std::getline(in, line)) {
+        if (line.rfind(name + " ", 0) == 0) return std::stoll(line.substr(name.size() + 1));
+    }
+    return -1;
+}
+
+// The address of the daemon's "metrics on <address>" line (read after "listening on").
+std::optional<address> metrics_address(child_process& daemon) {
+    auto line = daemon.read_line();
+    const std::string prefix = "metrics on ";
+    if (!line || line->rfind(prefix, 0) != 0) return std::nullopt;
+    return address::parse(line->substr(prefix.size()));
 }
 
 }  // namespace
@@ -484,4 +559,154 @@ TEST_CASE(
     CAPTURE(err.contents());
     REQUIRE(exited);
     CHECK(daemon.exited_with(0, 0ms));
+    "daemon --metrics serves GET /metrics whose counters equal what the clients did, in a "
+    "format promtool accepts",
+    "[samples][daemon][metrics]") {
+    temp_file err;
+    child_process daemon(daemon_args({"--metrics", "127.0.0.1:0"}), {}, err.path());
+    auto port = daemon.announced_port();
+    REQUIRE(port != 0);
+    auto scrape_at = metrics_address(daemon);
+    REQUIRE(scrape_at);
+    const std::vector<std::size_t> sizes{1000, 20000, 300000};
+    struct result {
+        bool all_echoed = true;
+        http_reply reply;
+    };
+    auto r = run_bounded([&]() -> task<result> {
+        result r;
+        auto to = address::ipv4("127.0.0.1", port);
+        for (std::size_t i = 0; i < sizes.size(); ++i) {
+            auto sent = pattern(sizes[i], static_cast<unsigned>(i));
+            auto c = co_await netloop::connect(to, 5s);
+            co_await c.write(sent, 10s);
+            auto back = co_await read_n(c, sent.size());
+            r.all_echoed = r.all_echoed && back == sent;
+        }  // each client closes here
+        // A handler ends once the daemon reads its client's EOF; until then "active" counts it,
+        // so scrape until it reads 0 (bounded).
+        auto until = steady::now() + 20s;
+        for (;;) {
+            r.reply =
+                co_await http_exchange(*scrape_at, "GET /metrics HTTP/1.1\r\nHost: test\r\n\r\n");
+            if (metric(r.reply.body, "netloop_connections_active") == 0) break;
+            if (steady::now() > until) break;
+            co_await netloop::test::sleep_for(5ms);
+        }
+        co_return r;
+    });
+    CAPTURE(r.reply.status_line, r.reply.headers, r.reply.body);
+    CHECK(r.all_echoed);
+    CHECK(r.reply.status_line == "HTTP/1.1 200 OK");
+    CHECK(r.reply.headers.find("Content-Type: text/plain; version=0.0.4") != std::string::npos);
+    CHECK(r.reply.headers.find("Connection: close") != std::string::npos);
+    CHECK(r.reply.length_matches);
+    long long total = 0;
+    for (auto n : sizes) total += static_cast<long long>(n);
+    CHECK(metric(r.reply.body, "netloop_connections_accepted_total") == 3);
+    CHECK(metric(r.reply.body, "netloop_connections_active") == 0);
+    // One client at a time, but a handler may not yet have seen its client's EOF when the
+    // next one connects.
+    auto peak = metric(r.reply.body, "netloop_connections_peak_active");
+    CHECK(peak >= 1);
+    CHECK(peak <= 3);
+    CHECK(metric(r.reply.body, "netloop_connections_rejected_total{reason=\"limit\"}") == 0);
+    CHECK(metric(r.reply.body, "netloop_bytes_read_total") == total);
+    CHECK(metric(r.reply.body, "netloop_bytes_written_total") == total);
+    CHECK(metric(r.reply.body, "netloop_accept_errors_total") == 0);
+    CHECK(metric(r.reply.body, "netloop_tls_handshake_failures_total") == 0);
+    CHECK(metric(r.reply.body, "netloop_draining") == 0);
+    auto verdict = netloop::test::promtool_check(r.reply.body);
+    CAPTURE(verdict.output);
+    REQUIRE(verdict.ran);
+    CHECK(verdict.exit_code == 0);
+    daemon.signal(SIGTERM);
+    CAPTURE(err.contents());
+    CHECK(daemon.exited_with(0, 10s));
+}
+
+TEST_CASE("daemon --metrics answers other paths 404, other methods 405, garbage 400",
+          "[samples][daemon][metrics]") {
+    temp_file err;
+    child_process daemon(daemon_args({"--metrics", "127.0.0.1:0"}), {}, err.path());
+    REQUIRE(daemon.announced_port() != 0);
+    auto scrape_at = metrics_address(daemon);
+    REQUIRE(scrape_at);
+    struct exchange {
+        std::string request;
+        std::string status_line;
+    };
+    const std::vector<exchange> cases{
+        {"GET / HTTP/1.1\r\n\r\n", "HTTP/1.1 404 Not Found"},
+        {"GET /metricsx HTTP/1.1\r\n\r\n", "HTTP/1.1 404 Not Found"},
+        {"POST /metrics HTTP/1.1\r\nContent-Length: 0\r\n\r\n", "HTTP/1.1 405 Method Not Allowed"},
+        {"DELETE /metrics HTTP/1.0\r\n\r\n", "HTTP/1.1 405 Method Not Allowed"},
+        {"hello\r\n\r\n", "HTTP/1.1 400 Bad Request"},
+        {"GET /metrics SPDY/3\r\n\r\n", "HTTP/1.1 400 Bad Request"},
+        {"GET /metrics HTTP/1.1\r\n" + std::string(9000, 'x'), "HTTP/1.1 400 Bad Request"},
+        {"GET /metrics?name=x HTTP/1.0\r\n\r\n", "HTTP/1.1 200 OK"},
+    };
+    auto replies = run_bounded([&]() -> task<std::vector<http_reply>> {
+        std::vector<http_reply> out;
+        for (const auto& c : cases) out.push_back(co_await http_exchange(*scrape_at, c.request));
+        co_return out;
+    });
+    for (std::size_t i = 0; i < cases.size(); ++i) {
+        CAPTURE(cases[i].request.substr(0, 40), replies[i].headers);
+        CHECK(replies[i].status_line == cases[i].status_line);
+        CHECK(replies[i].length_matches);
+        CHECK(replies[i].headers.find("Connection: close") != std::string::npos);
+    }
+    daemon.signal(SIGTERM);
+    CAPTURE(err.contents());
+    CHECK(daemon.exited_with(0, 10s));
+}
+
+TEST_CASE(
+    "daemon --max-connections-per-ip 1 admits one connection per client address and counts "
+    "the one over it as rejected",
+    "[samples][daemon]") {
+    temp_file err;
+    child_process daemon(daemon_args({"--max-connections-per-ip", "1", "--metrics", "127.0.0.1:0"}),
+                         {}, err.path());
+    auto port = daemon.announced_port();
+    REQUIRE(port != 0);
+    auto scrape_at = metrics_address(daemon);
+    REQUIRE(scrape_at);
+    struct result {
+        std::string first_echo;
+        errc second_end{};
+        std::string other_ip_echo;
+        std::string first_again;
+        http_reply reply;
+    };
+    auto r = run_bounded([&]() -> task<result> {
+        result r;
+        auto to = address::ipv4("127.0.0.1", port);
+        auto first = co_await netloop::connect(to, 5s);
+        r.first_echo = co_await echo_once(first, "one");
+        auto second = co_await netloop::connect(to, 5s);
+        std::array<std::byte, 1> buf;
+        r.second_end = co_await kind_of(second.read(buf, 5s));
+        // Another client address: its own allowance.
+        auto other = co_await netloop::test::raw_connect(to, 5s, "127.0.0.2");
+        const std::string_view hello = "hello";
+        auto wrote = co_await netloop::test::raw_write(other, std::as_bytes(std::span(hello)));
+        std::array<std::byte, 5> back{};
+        auto read = co_await netloop::test::raw_read(other, back);
+        if (!wrote && !read) r.other_ip_echo = netloop::test::text(back);
+        r.first_again = co_await echo_once(first, "still one");
+        r.reply = co_await http_exchange(*scrape_at, "GET /metrics HTTP/1.1\r\n\r\n");
+        co_return r;
+    });
+    CHECK(r.first_echo == "one");
+    CHECK(r.second_end == errc::connection_closed);
+    CHECK(r.other_ip_echo == "hello");
+    CHECK(r.first_again == "still one");
+    CAPTURE(r.reply.body);
+    CHECK(metric(r.reply.body, "netloop_connections_accepted_total") == 3);
+    CHECK(metric(r.reply.body, "netloop_connections_rejected_total{reason=\"limit\"}") == 1);
+    daemon.signal(SIGTERM);
+    CAPTURE(err.contents());
+    CHECK(daemon.exited_with(0, 10s));
 }

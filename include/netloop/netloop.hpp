@@ -14,6 +14,8 @@
 #include <netloop/error.hpp>
 #include <netloop/log.hpp>
 #include <netloop/loop.hpp>
+#include <netloop/metrics.hpp>
+#include <netloop/proxy.hpp>
 #include <netloop/server.hpp>
 #include <netloop/signal_stream.hpp>
 #include <netloop/task.hpp>
