@@ -402,6 +402,8 @@ task<> stream_until(netloop::connection c, const bool& stop, std::size_t& chunks
     }
     c.close();
     done = true;
+}
+
 struct http_reply {
     std::string status_line;
     std::string headers;  // the lines after the status line, CRLF-separated
@@ -559,6 +561,9 @@ TEST_CASE(
     CAPTURE(err.contents());
     REQUIRE(exited);
     CHECK(daemon.exited_with(0, 0ms));
+}
+
+TEST_CASE(
     "daemon --metrics serves GET /metrics whose counters equal what the clients did, in a "
     "format promtool accepts",
     "[samples][daemon][metrics]") {
