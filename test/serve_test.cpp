@@ -1500,3 +1500,57 @@ TEST_CASE(
     CHECK(r.closed_in_time);
     CHECK(r.serve_ended);
 }
+
+TEST_CASE(
+    "with threads = 2 the server's loop keeps running while serve() waits for the other loop's "
+    "lingering closes",
+    "[serve][threads]") {
+    // A client on the other loop keeps its socket open, so that loop's lingering close lasts
+    // linger_timeout (3 s) unless the client closes. The client closes from the server's loop,
+    // 20 timer ticks after the shutdown began: if serve() blocked that loop while waiting, the
+    // ticks only come after serve() has returned.
+    struct result {
+        int handlers = 0;
+        int on_other_loop = 0;
+        bool serve_waiting_after_ticks = false;
+        bool serve_ended = false;
+        bool serve_threw = false;
+    };
+    auto r = run_bounded(
+        [&]() -> task<result> {
+            result r;
+            auto main_thread = std::this_thread::get_id();
+            std::atomic<int> handlers{0};
+            std::atomic<int> on_other_loop{0};
+            netloop::connection_handler reply_and_return = [&](netloop::connection c) -> task<> {
+                if (std::this_thread::get_id() != main_thread) ++on_other_loop;
+                co_await c.write("hi", 5s);
+                ++handlers;
+            };  // returning closes: the connection lingers until its client closes
+            auto s = netloop::server::listen(loopback_any_port());
+            serve_outcome out;
+            netloop::spawn(
+                serve_into(s, reply_and_return, {.linger_timeout = 3s, .threads = 2}, out));
+            std::vector<netloop::connection> clients;
+            for (int i = 0; i < 4 && on_other_loop == 0; ++i) {
+                clients.push_back(co_await netloop::connect(s.local_address(), 5s));
+                auto served = [&, want = i + 1] { return handlers == want; };
+                (void)co_await eventually(served, 10s);
+            }
+            r.handlers = handlers;
+            r.on_other_loop = on_other_loop;
+            s.close();
+            for (int tick = 0; tick < 20; ++tick) co_await netloop::test::sleep_for(10ms);
+            r.serve_waiting_after_ticks = !out.done;
+            clients.clear();  // the lingering closes see EOF and end
+            r.serve_ended = co_await serve_returned(out);
+            r.serve_threw = out.failure != nullptr;
+            co_return r;
+        },
+        20s);
+    CHECK(r.on_other_loop >= 1);
+    CHECK(r.handlers >= 2);
+    CHECK(r.serve_waiting_after_ticks);
+    CHECK(r.serve_ended);
+    CHECK_FALSE(r.serve_threw);
+}
