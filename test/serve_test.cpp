@@ -1554,3 +1554,54 @@ TEST_CASE(
     CHECK(r.serve_ended);
     CHECK_FALSE(r.serve_threw);
 }
+
+TEST_CASE(
+    "serve() that rejects its arguments leaves the caller's throw_if_cancelled as it was, so a "
+    "later cancellation still throws",
+    "[serve][cancel]") {
+    struct result {
+        errc rejected{};
+        bool waiting = false;
+        bool threw_after_cancel = false;
+        bool went_on_after_cancel = false;
+    };
+    result r;
+    bool finished = false;
+    run_bounded([&]() -> task<> {
+        auto s = netloop::server::listen(loopback_any_port());
+        asio::cancellation_signal cancel;
+        auto caller = [](netloop::server& s, result& r, bool& finished) -> task<> {
+            try {
+                co_await s.serve(netloop::test::echo_until_closed, {.threads = 0});
+            } catch (const netloop::error& e) {
+                r.rejected = e.kind();
+            }
+            auto ex = co_await asio::this_coro::executor;
+            try {
+                asio::steady_timer t(ex, 10s);
+                r.waiting = true;
+                asio::error_code ec;  // cancelled: operation_aborted, reported without a throw
+                co_await t.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+                // The task is cancelled now: with throw_if_cancelled on (the default, and what
+                // the caller had before serve()), the next co_await throws.
+                co_await asio::post(ex, asio::use_awaitable);
+                r.went_on_after_cancel = true;
+            } catch (const std::system_error&) {
+                r.threw_after_cancel = true;
+            }
+            finished = true;
+        };
+        asio::co_spawn(netloop::loop::shared().context(), caller(s, r, finished),
+                       asio::bind_cancellation_slot(cancel.slot(), asio::detached));
+        auto waiting = [&] { return r.waiting; };
+        (void)co_await eventually(waiting, 10s);
+        cancel.emit(asio::cancellation_type::terminal);
+        auto done = [&] { return finished; };
+        (void)co_await eventually(done, 10s);
+        s.close();
+    });
+    CHECK(finished);
+    CHECK(r.rejected == errc::invalid_argument);
+    CHECK(r.threw_after_cancel);
+    CHECK_FALSE(r.went_on_after_cancel);
+}
