@@ -330,3 +330,46 @@ TEST_CASE("echoing 64-byte messages allocates nothing per message in steady stat
     CHECK(r.news == 0);
     CHECK(r.mallocs == 0);
 }
+
+#if NETLOOP_TEST_COUNT_MALLOC
+namespace {
+void on_fork_child() { in_forked_child = true; }
+}  // namespace
+#endif
+
+TEST_CASE("start_successor() allocates nothing between fork() and exec()", "[alloc][daemon]") {
+    // The child of a threaded process may only make async-signal-safe calls: malloc there can
+    // deadlock on a lock another thread held at fork(). Any malloc in the child leaves a line
+    // in the marker file.
+#if !NETLOOP_TEST_COUNT_MALLOC
+    WARN("malloc is not interposed in this build (a sanitizer owns it): nothing to observe");
+#else
+    static const bool registered = ::pthread_atfork(nullptr, nullptr, on_fork_child) == 0;
+    REQUIRE(registered);
+    auto marker = std::filesystem::temp_directory_path() /
+                  ("netloop-fork-malloc-" + std::to_string(::getpid()));
+    std::filesystem::remove(marker);
+    auto text = marker.string();
+    REQUIRE(text.size() < sizeof fork_marker);
+    std::memcpy(fork_marker, text.c_str(), text.size() + 1);
+    auto kind = run_bounded([]() -> task<netloop::errc> {
+        auto s = netloop::server::listen(address::parse("127.0.0.1:0"));
+        try {
+            // /bin/true never reports READY=1: start_successor() forks, execs, waits 300 ms
+            // and gives up. The fork and the exec are what this test looks at.
+            std::vector<std::string> argv{"/bin/true"};
+            std::vector<const netloop::server*> servers{&s};
+            auto pid = co_await netloop::start_successor(std::move(argv), servers, 300ms);
+            (void)pid;
+        } catch (const netloop::error& e) {
+            co_return e.kind();
+        }
+        co_return netloop::errc{};
+    });
+    fork_marker[0] = '\0';
+    bool child_allocated = std::filesystem::exists(marker);
+    std::filesystem::remove(marker);
+    CHECK(kind == netloop::errc::spawn_failed);  // started, then not ready in time
+    CHECK_FALSE(child_allocated);
+#endif
+}
