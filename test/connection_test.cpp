@@ -1,10 +1,13 @@
 // SPDX-License-Identifier: MIT
 // connection: byte-exact echo, EOF and reset, per-call timeouts, partial writes, cancellation,
 // full duplex, connect().
+#include <algorithm>
 #include <cerrno>
 #include <csignal>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <optional>
+#include <string>
 #include <sys/socket.h>
 
 #include <asio/detached.hpp>
@@ -14,6 +17,7 @@
 #include "support/bounded.hpp"
 #include "support/catch.hpp"
 #include "support/loopback.hpp"
+#include "support/serve_helpers.hpp"
 #include "support/transport.hpp"
 
 using namespace std::chrono_literals;
@@ -451,4 +455,119 @@ TEST_CASE("listen_options.v6_only decides whether [::] takes IPv4 clients",
         co_return errc{};
     });
     CHECK(kind == (v6_only ? errc::connect_failed : errc{}));
+}
+
+namespace {
+
+// What one connect() through a task made from short-lived arguments reached: the echo it got
+// back and the port it is connected to.
+struct reached {
+    std::string echo;
+    std::uint16_t port = 0;
+    std::uint16_t expected_port = 0;  // the server's
+};
+
+task<reached> echo_through(task<netloop::connection> pending) {
+    auto c = co_await std::move(pending);
+    reached r;
+    r.port = c.remote_address().port();
+    r.echo = co_await netloop::test::echo_once(c, "still the right peer");
+    co_return r;
+}
+
+}  // namespace
+
+TEST_CASE(
+    "connect() and resolve() keep their own copies of their arguments: the task runs right "
+    "after the caller's objects are gone or changed",
+    "[connection][connect]") {
+    // A task starts when it is awaited, not when it is made: arguments passed by reference
+    // would be read after the caller's temporaries are destroyed.
+    auto which = GENERATE(
+        as<std::string>{}, "address temporary", "address changed", "host_and_port changed"
+#if NETLOOP_HAS_TLS
+        ,
+        "tls address and context temporaries", "tls context changed", "tls host_and_port changed"
+#endif
+    );
+    CAPTURE(which);
+    auto r = run_bounded([&]() -> task<reached> {
+        netloop::listen_options options;
+#if NETLOOP_HAS_TLS
+        if (which.starts_with("tls")) options.tls = netloop::test::test_server_tls();
+#endif
+        auto s = netloop::server::listen(address::parse("127.0.0.1:0"), options);
+        netloop::test::serve_outcome out;
+        netloop::spawn(netloop::test::serve_into(s, netloop::test::echo_until_closed, {}, out));
+        auto where = "127.0.0.1:" + std::to_string(s.local_port());
+        std::optional<task<netloop::connection>> pending;
+        if (which == "address temporary") {
+            pending.emplace(netloop::connect(address::parse(where), 5s));
+        } else if (which == "address changed") {
+            std::optional<address> to(s.local_address());
+            pending.emplace(netloop::connect(*to, 5s));
+            to.emplace(address::parse("127.0.0.1:1"));  // the same storage, another address
+        } else if (which == "host_and_port changed") {
+            std::string text = where;
+            pending.emplace(netloop::connect(text, 5s));
+            std::fill(text.begin(), text.end(), 'x');
+        }
+#if NETLOOP_HAS_TLS
+        // A context of its own, not a copy of the tests' shared one: the temporary is the
+        // last handle, so reading it late reads freed memory.
+        auto fresh_client = [] {
+            auto c = netloop::tls_context::client();
+            c.trust_pem(netloop::test::pki().ca.cert);
+            return c;
+        };
+        if (which == "tls address and context temporaries") {
+            pending.emplace(netloop::connect(address::parse(where), fresh_client(), 5s));
+        } else if (which == "tls context changed") {
+            std::optional<netloop::tls_context> tls(fresh_client());
+            pending.emplace(netloop::connect(s.local_address(), *tls, 5s));
+            tls.emplace(netloop::tls_context::client());  // trusts the system's CAs, not ours
+        } else if (which == "tls host_and_port changed") {
+            std::string text = where;
+            std::optional<netloop::tls_context> tls(fresh_client());
+            pending.emplace(netloop::connect(text, *tls, 5s));
+            std::fill(text.begin(), text.end(), 'x');
+            tls.emplace(netloop::tls_context::client());
+        }
+#endif
+        reached r;
+        try {
+            r = co_await echo_through(std::move(*pending));
+        } catch (const std::exception& e) {
+            r.echo = e.what();
+        }
+        r.expected_port = s.local_port();
+        s.close();
+        auto served = [&] { return out.done; };
+        (void)co_await netloop::test::eventually(served);
+        co_return r;
+    });
+    CHECK(r.echo == "still the right peer");
+    CHECK(r.port == r.expected_port);
+}
+
+TEST_CASE(
+    "resolve() keeps its own copy of the host name: the task runs right after the caller "
+    "changed it",
+    "[connection][connect]") {
+    auto r = run_bounded([]() -> task<std::string> {
+        std::string host = "localhost";
+        auto pending = netloop::resolve(host, 4242, 5s);
+        std::fill(host.begin(), host.end(), 'x');
+        std::string found;
+        try {
+            auto addresses = co_await std::move(pending);
+            for (const auto& a : addresses) found += a.to_string() + " ";
+        } catch (const std::exception& e) {
+            found = e.what();
+        }
+        co_return found;
+    });
+    CAPTURE(r);
+    CHECK((r.find("127.0.0.1:4242") != std::string::npos ||
+           r.find("[::1]:4242") != std::string::npos));
 }

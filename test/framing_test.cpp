@@ -246,3 +246,31 @@ TEST_CASE("fill() refuses to grow past max_buffered", "[framing]") {
     });
     CHECK(kind == errc::message_too_large);
 }
+
+TEST_CASE("the frame of a 100 KiB line stays intact after buffered() is called", "[framing]") {
+    // The frame is a view into the connection's buffer, valid until the next read; buffered()
+    // only observes the buffer and must not free or move what the frame points into.
+    std::string line(100 * 1024, '\0');
+    for (std::size_t i = 0; i < line.size(); ++i) line[i] = static_cast<char>('a' + i % 26);
+    struct result {
+        std::string frame;
+        std::size_t buffered_after = 1;
+    };
+    auto r = run_bounded([&]() -> task<result> {
+        auto pair = co_await netloop::test::make_pair();
+        bool written = false;
+        netloop::spawn([](netloop::connection& c, std::string data, bool& done) -> task<> {
+            co_await c.write(data, 10s);
+            done = true;
+        }(pair.client_side, line + "\n", written));
+        auto frame = co_await pair.server_side.read_until("\n", 1 << 20, 10s);
+        result r;
+        r.buffered_after = pair.server_side.buffered().size();
+        r.frame.assign(frame.data(), frame.size());  // touches every byte of the view
+        for (int i = 0; i < 1000 && !written; ++i) co_await netloop::test::yield();
+        co_return r;
+    });
+    CHECK(r.buffered_after == 0);
+    CHECK(r.frame.size() == line.size());
+    CHECK(r.frame == line);
+}

@@ -5,6 +5,7 @@
 #include <atomic>
 #include <cerrno>
 #include <chrono>
+#include <condition_variable>
 #include <csignal>
 #include <cstdint>
 #include <cstdio>
@@ -13,6 +14,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <mutex>
 #include <netinet/in.h>
 #include <optional>
 #include <poll.h>
@@ -21,6 +23,7 @@
 #include <string_view>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/time.h>
 #include <sys/wait.h>
 #include <thread>
@@ -1379,4 +1382,226 @@ TEST_CASE("serve() releases its handler, and what the handler captured, once it 
     CHECK(r.echo == "once");
     CHECK(r.serve_ended);
     CHECK(captured.expired());
+}
+
+namespace {
+
+// The peer of a lingering close, on its own thread with a blocking socket (so the server's loop
+// never waits for it): sends a request, then data as fast as it can for `sending`, then goes
+// quiet without closing, and holds the socket open until `release()` (at most 30 s).
+class flooding_peer {
+public:
+    flooding_peer(std::uint16_t port, netloop::duration sending)
+        : thread_([this, port, sending] { run(port, sending); }) {}
+    ~flooding_peer() {
+        release();
+        thread_.join();
+    }
+    flooding_peer(const flooding_peer&) = delete;
+    flooding_peer& operator=(const flooding_peer&) = delete;
+
+    bool quiet() const { return quiet_; }
+    std::uint64_t sent() const { return sent_; }
+    void release() {
+        {
+            std::lock_guard lock(m_);
+            released_ = true;
+        }
+        cv_.notify_one();
+    }
+
+private:
+    void run(std::uint16_t port, netloop::duration sending) {
+        int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+        sockaddr_in to{};
+        to.sin_family = AF_INET;
+        to.sin_port = htons(port);
+        to.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        timeval limit{.tv_sec = 1, .tv_usec = 0};  // a send blocks at most 1 s
+        ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &limit, sizeof limit);
+        if (fd >= 0 && ::connect(fd, reinterpret_cast<sockaddr*>(&to), sizeof to) == 0) {
+            std::vector<char> chunk(16384, 'x');
+            chunk[0] = '\n';
+            auto until = steady::now() + sending;
+            while (steady::now() < until) {
+                auto n = ::send(fd, chunk.data(), chunk.size(), MSG_NOSIGNAL);
+                if (n <= 0) break;  // the server reset or stopped reading
+                sent_ += static_cast<std::uint64_t>(n);
+            }
+        }
+        quiet_ = true;
+        std::unique_lock lock(m_);
+        cv_.wait_for(lock, 30s, [&] { return released_; });
+        if (fd >= 0) ::close(fd);
+    }
+
+    std::atomic<bool> quiet_{false};
+    std::atomic<std::uint64_t> sent_{0};
+    std::mutex m_;
+    std::condition_variable cv_;
+    bool released_ = false;
+    std::thread thread_;
+};
+
+// True while `fd` is still the socket whose inode is `inode`.
+bool still_open(int fd, ino_t inode) {
+    struct stat st {};
+    return ::fstat(fd, &st) == 0 && st.st_ino == inode;
+}
+
+}  // namespace
+
+TEST_CASE(
+    "a lingering close ends within linger_timeout even when the peer floods it and then goes "
+    "quiet without closing",
+    "[serve][linger]") {
+    // linger_timeout cancels the discarding read; a peer that keeps the socket readable keeps
+    // that read completing, and the close must still be bounded once it stops sending.
+    constexpr auto linger = 200ms;
+    struct result {
+        bool replied = false;
+        bool peer_quiet = false;
+        bool closed_in_time = false;
+        std::uint64_t peer_sent = 0;
+        bool serve_ended = false;
+    };
+    std::optional<flooding_peer> peer;
+    auto r = run_bounded([&]() -> task<result> {
+        result r;
+        auto s = netloop::server::listen(loopback_any_port());
+        int server_fd = -1;
+        ino_t server_inode = 0;
+        netloop::connection_handler reply_and_return = [&](netloop::connection c) -> task<> {
+            server_fd = c.socket().native_handle();
+            struct stat st {};
+            if (::fstat(server_fd, &st) == 0) server_inode = st.st_ino;
+            std::array<std::byte, 1> first{};
+            (void)co_await c.read(first, 5s);
+            co_await c.write("ERR\n", 5s);
+            r.replied = true;
+        };  // returning closes: the connection lingers
+        serve_outcome out;
+        netloop::spawn(serve_into(s, reply_and_return, {.linger_timeout = linger}, out));
+        peer.emplace(s.local_port(), 3 * linger);
+        auto quiet = [&] { return peer->quiet(); };
+        r.peer_quiet = co_await eventually(quiet, 10s);
+        r.peer_sent = peer->sent();
+        auto closed = [&] { return server_fd >= 0 && !still_open(server_fd, server_inode); };
+        r.closed_in_time = co_await eventually(closed, linger + 5s);
+        peer->release();  // its close ends a linger that is stuck
+        s.close();
+        r.serve_ended = co_await serve_returned(out);
+        co_return r;
+    });
+    peer.reset();
+    CAPTURE(r.peer_sent);
+    CHECK(r.replied);
+    CHECK(r.peer_quiet);
+    CHECK(r.closed_in_time);
+    CHECK(r.serve_ended);
+}
+
+TEST_CASE(
+    "with threads = 2 the server's loop keeps running while serve() waits for the other loop's "
+    "lingering closes",
+    "[serve][threads]") {
+    // A client on the other loop keeps its socket open, so that loop's lingering close lasts
+    // linger_timeout (3 s) unless the client closes. The client closes from the server's loop,
+    // 20 timer ticks after the shutdown began: if serve() blocked that loop while waiting, the
+    // ticks only come after serve() has returned.
+    struct result {
+        int handlers = 0;
+        int on_other_loop = 0;
+        bool serve_waiting_after_ticks = false;
+        bool serve_ended = false;
+        bool serve_threw = false;
+    };
+    auto r = run_bounded(
+        [&]() -> task<result> {
+            result r;
+            auto main_thread = std::this_thread::get_id();
+            std::atomic<int> handlers{0};
+            std::atomic<int> on_other_loop{0};
+            netloop::connection_handler reply_and_return = [&](netloop::connection c) -> task<> {
+                if (std::this_thread::get_id() != main_thread) ++on_other_loop;
+                co_await c.write("hi", 5s);
+                ++handlers;
+            };  // returning closes: the connection lingers until its client closes
+            auto s = netloop::server::listen(loopback_any_port());
+            serve_outcome out;
+            netloop::spawn(
+                serve_into(s, reply_and_return, {.linger_timeout = 3s, .threads = 2}, out));
+            std::vector<netloop::connection> clients;
+            for (int i = 0; i < 4 && on_other_loop == 0; ++i) {
+                clients.push_back(co_await netloop::connect(s.local_address(), 5s));
+                auto served = [&, want = i + 1] { return handlers == want; };
+                (void)co_await eventually(served, 10s);
+            }
+            r.handlers = handlers;
+            r.on_other_loop = on_other_loop;
+            s.close();
+            for (int tick = 0; tick < 20; ++tick) co_await netloop::test::sleep_for(10ms);
+            r.serve_waiting_after_ticks = !out.done;
+            clients.clear();  // the lingering closes see EOF and end
+            r.serve_ended = co_await serve_returned(out);
+            r.serve_threw = out.failure != nullptr;
+            co_return r;
+        },
+        20s);
+    CHECK(r.on_other_loop >= 1);
+    CHECK(r.handlers >= 2);
+    CHECK(r.serve_waiting_after_ticks);
+    CHECK(r.serve_ended);
+    CHECK_FALSE(r.serve_threw);
+}
+
+TEST_CASE(
+    "serve() that rejects its arguments leaves the caller's throw_if_cancelled as it was, so a "
+    "later cancellation still throws",
+    "[serve][cancel]") {
+    struct result {
+        errc rejected{};
+        bool waiting = false;
+        bool threw_after_cancel = false;
+        bool went_on_after_cancel = false;
+    };
+    result r;
+    bool finished = false;
+    run_bounded([&]() -> task<> {
+        auto s = netloop::server::listen(loopback_any_port());
+        asio::cancellation_signal cancel;
+        auto caller = [](netloop::server& s, result& r, bool& finished) -> task<> {
+            try {
+                co_await s.serve(netloop::test::echo_until_closed, {.threads = 0});
+            } catch (const netloop::error& e) {
+                r.rejected = e.kind();
+            }
+            auto ex = co_await asio::this_coro::executor;
+            try {
+                asio::steady_timer t(ex, 10s);
+                r.waiting = true;
+                asio::error_code ec;  // cancelled: operation_aborted, reported without a throw
+                co_await t.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+                // The task is cancelled now: with throw_if_cancelled on (the default, and what
+                // the caller had before serve()), the next co_await throws.
+                co_await asio::post(ex, asio::use_awaitable);
+                r.went_on_after_cancel = true;
+            } catch (const std::system_error&) {
+                r.threw_after_cancel = true;
+            }
+            finished = true;
+        };
+        asio::co_spawn(netloop::loop::shared().context(), caller(s, r, finished),
+                       asio::bind_cancellation_slot(cancel.slot(), asio::detached));
+        auto waiting = [&] { return r.waiting; };
+        (void)co_await eventually(waiting, 10s);
+        cancel.emit(asio::cancellation_type::terminal);
+        auto done = [&] { return finished; };
+        (void)co_await eventually(done, 10s);
+        s.close();
+    });
+    CHECK(finished);
+    CHECK(r.rejected == errc::invalid_argument);
+    CHECK(r.threw_after_cancel);
+    CHECK_FALSE(r.went_on_after_cancel);
 }

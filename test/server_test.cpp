@@ -2,9 +2,14 @@
 // server: listen, the bound port, bind errors, close() from another thread, cancelled accepts.
 #include <atomic>
 #include <cerrno>
+#include <chrono>
+#include <condition_variable>
+#include <mutex>
 #include <thread>
 
+#include <asio/co_spawn.hpp>
 #include <asio/detached.hpp>
+#include <asio/ip/tcp.hpp>
 
 #include <netloop/netloop.hpp>
 
@@ -159,4 +164,91 @@ TEST_CASE("stats() counts accepted connections and bytes", "[server][stats]") {
     CHECK(stats.bytes_written == 6);
     CHECK(stats.active == 0);
     CHECK(stats.peak_active == 1);
+}
+
+namespace {
+
+// Accepts until the stream ends, counting; `ended` once next() yielded nullopt.
+netloop::task<> accept_all(const netloop::server& s, std::atomic<int>& accepted,
+                           std::atomic<bool>& ended) {
+    auto conns = s.connections();
+    while (auto c = co_await conns.next()) accepted.fetch_add(1, std::memory_order_relaxed);
+    ended = true;
+}
+
+// Runs `l` until it has no more work, or stops it after `limit`.
+void run_until_idle(netloop::loop& l, std::chrono::milliseconds limit) {
+    std::mutex m;
+    std::condition_variable cv;
+    bool done = false;
+    std::thread watchdog([&] {
+        std::unique_lock lock(m);
+        if (!cv.wait_for(lock, limit, [&] { return done; })) l.stop();
+    });
+    l.run();
+    {
+        std::lock_guard lock(m);
+        done = true;
+    }
+    cv.notify_one();
+    watchdog.join();
+}
+
+}  // namespace
+
+TEST_CASE(
+    "close() from another thread is safe while the loop starts and stops running, and always "
+    "ends a pending next()",
+    "[server][threads]") {
+    // close() decides between closing the acceptor on the calling thread (when no thread runs
+    // the loop) and posting the close to the loop. Here the loop runs in short bursts
+    // (loop::run() until a posted stop()), with an accept pending across them and clients
+    // connecting all the time, so the loop starts running again right after close() looked:
+    // the acceptor must never be touched by two threads at once (TSan), and next() must end.
+    constexpr int rounds = 100;
+    int ended_rounds = 0;
+    int closed_rounds = 0;
+    for (int round = 0; round < rounds; ++round) {
+        netloop::loop l;
+        auto s = netloop::server::listen(address::parse("127.0.0.1:0"), 128, l);
+        auto port = s.local_port();
+        std::atomic<int> accepted{0};
+        std::atomic<bool> ended{false};
+        std::atomic<bool> stop_clients{false};
+        asio::co_spawn(l.context(), accept_all(s, accepted, ended), asio::detached);
+        std::thread clients([&stop_clients, port] {
+            auto until = std::chrono::steady_clock::now() + 10s;
+            while (!stop_clients && std::chrono::steady_clock::now() < until) {
+                asio::io_context io;
+                asio::ip::tcp::socket c(io);
+                asio::error_code ec;
+                c.connect({asio::ip::address_v4::loopback(), port}, ec);
+                if (ec) break;  // refused: the server is closed
+            }
+        });
+        std::thread closer([&s, &accepted, round] {
+            // Relaxed: the count says when to go and orders nothing, so only what close()
+            // itself does can make it safe against the loop's thread.
+            auto until = std::chrono::steady_clock::now() + 10s;
+            while (accepted.load(std::memory_order_relaxed) < 2 + round % 5 &&
+                   std::chrono::steady_clock::now() < until) {
+                std::this_thread::yield();
+            }
+            s.close();
+        });
+        auto until = std::chrono::steady_clock::now() + 10s;
+        while (!ended && std::chrono::steady_clock::now() < until) {
+            l.post([&l] { l.stop(); });
+            l.run();
+        }
+        closer.join();
+        stop_clients = true;
+        clients.join();
+        ended_rounds += ended ? 1 : 0;
+        closed_rounds += s.is_open() ? 0 : 1;
+        // Let the accepted connections' lingering closes end (their clients are gone).
+        run_until_idle(l, 5s);
+    }
+    CHECK(ended_rounds == rounds);
+    CHECK(closed_rounds == rounds);
 }

@@ -315,3 +315,52 @@ TEST_CASE(
     CHECK(r.without_cert_refused);
     CHECK(r.handshake_failures == 1);
 }
+
+TEST_CASE(
+    "a silent client does not delay the others: next() hands over a TLS client that connected "
+    "after it",
+    "[tls]") {
+    // The silent client connects first and never sends its hello: its handshake may take the
+    // whole handshake_timeout (30 s), far longer than the watchdog. The next client must not
+    // wait for it.
+    struct result {
+        std::string echo;
+        std::uint64_t failures_meanwhile = 1;
+        int accepted = 0;
+    };
+    auto r = run_bounded(
+        []() -> task<result> {
+            result r;
+            auto s = netloop::server::listen(
+                address::parse("127.0.0.1:0"),
+                netloop::listen_options{.tls = test_server_tls(), .handshake_timeout = 30s});
+            auto conns = s.connections();
+            bool accepting_done = false;
+            netloop::spawn(
+                [](netloop::connection_stream& conns, int& accepted, bool& done) -> task<> {
+                    while (auto c = co_await conns.next()) {
+                        ++accepted;
+                        netloop::spawn(netloop::test::echo_until_closed(std::move(*c)));
+                    }
+                    done = true;
+                }(conns, r.accepted, accepting_done));
+            auto silent = co_await netloop::connect(s.local_address(), 5s);  // plain TCP, mute
+            co_await netloop::test::yield();  // the accept of the silent client goes first
+            try {
+                auto c = co_await netloop::connect(s.local_address(), test_client_tls(), 5s);
+                r.echo = co_await netloop::test::echo_once(c, "not held up");
+            } catch (const std::exception& e) {
+                r.echo = e.what();
+            }
+            r.failures_meanwhile = s.stats().handshake_failures;
+            silent.close();  // its handshake fails now, and the stream can end
+            s.close();
+            auto ended = [&] { return accepting_done; };
+            (void)co_await netloop::test::eventually(ended, 5s);
+            co_return r;
+        },
+        10s);
+    CHECK(r.echo == "not held up");
+    CHECK(r.failures_meanwhile == 0);
+    CHECK(r.accepted == 1);
+}
