@@ -1284,3 +1284,85 @@ TEST_CASE("kv's added key and server commands answer as Redis 7.0 does", "[kv][p
          "-WRONGPASS invalid username-password pair or user is disabled.\r\n$0\r\n\r\n"},
     });
 }
+
+TEST_CASE("python3-redis's client gets Redis's answers from kv, SCAN under churn included",
+          "[kv][process]") {
+    // Debian's python3-redis installs for Debian's python3; prefer it to another one on PATH.
+    auto python = ::access("/usr/bin/python3", X_OK) == 0 ? std::string("/usr/bin/python3")
+                                                          : require_tool("python3");
+    const char* source = std::getenv("NETLOOP_SOURCE_DIR");
+    REQUIRE(source != nullptr);
+    scratch_dir dir;
+    auto probe = run_tool(dir, {python, "-c", "import redis"});
+    if (probe.status != 0) {
+        FAIL(
+            "python3 cannot import redis: install the Debian package python3-redis "
+            "(apt-get install -y python3-redis; the setup script does)\n"
+            << probe.output);
+    }
+    kv_process kv(dir);
+    REQUIRE(kv.port() != 0);
+    auto r = run_tool(dir, {python, std::string(source) + "/test/kv_compat.py", kv.port_text()});
+    INFO(r.output);
+    CHECK(r.status == 0);
+    CHECK(r.output == "ok\n");
+    CHECK(kv.stop());
+    CHECK(kv.errors().empty());
+}
+
+TEST_CASE("kv answers redis-cli's added commands: SETEX, GETEX, INCRBYFLOAT, --scan, INFO, HELLO",
+          "[kv][process]") {
+    auto cli = require_tool("redis-cli");
+    scratch_dir dir;
+    kv_process kv(dir);
+    REQUIRE(kv.port() != 0);
+    auto redis = [&](std::vector<std::string> args) {
+        args.insert(args.begin(), {cli, "-h", "127.0.0.1", "-p", kv.port_text()});
+        auto r = run_tool(dir, args);
+        CHECK(r.status == 0);
+        return r.output;
+    };
+    CHECK(redis({"SETEX", "s", "100", "v"}) == "OK\n");
+    CHECK(redis({"GETEX", "s", "PXAT", "99999999999999"}) == "v\n");
+    CHECK(redis({"PEXPIRETIME", "s"}) == "99999999999999\n");
+    CHECK(redis({"SET", "s", "w", "GET", "KEEPTTL"}) == "v\n");
+    CHECK(redis({"EXPIRE", "s", "100", "NX"}) == "0\n");
+    CHECK(redis({"INCRBYFLOAT", "f", "10.5"}) == "10.5\n");
+    CHECK(redis({"INCRBYFLOAT", "f", "-0.25"}) == "10.25\n");
+    CHECK(redis({"APPEND", "f", "x"}) == "6\n");
+    CHECK(redis({"GETRANGE", "f", "0", "1"}) == "10\n");
+    CHECK(redis({"TYPE", "f"}) == "string\n");
+    CHECK(redis({"RENAME", "f", "g"}) == "OK\n");
+    CHECK(redis({"PING", "x", "y"}) == "ERR wrong number of arguments for 'ping' command\n\n");
+    CHECK(redis({"SELECT", "1"}) == "ERR DB index is out of range\n\n");
+    CHECK(redis({"HELLO", "3"}) == "NOPROTO unsupported protocol version\n\n");
+    CHECK(redis({"HELLO", "2"}).find("proto\n2\n") != std::string::npos);
+    auto time = redis({"TIME"});
+    CHECK(std::count(time.begin(), time.end(), '\n') == 2);
+    auto info = redis({"INFO", "server"});
+    CHECK(info.find("redis_version:7.") != std::string::npos);
+    CHECK(info.find("tcp_port:" + kv.port_text() + "\r\n") != std::string::npos);
+    CHECK(redis({"INFO", "clients"}).find("connected_clients:1\r\n") != std::string::npos);
+
+    // --scan walks the whole keyspace with SCAN's cursor.
+    CHECK(redis({"FLUSHDB"}) == "OK\n");
+    std::vector<std::string> mset{"MSET"};
+    for (int i = 0; i < 500; ++i) {
+        mset.push_back("user:" + std::to_string(i));
+        mset.push_back("v");
+        mset.push_back("other:" + std::to_string(i));
+        mset.push_back("v");
+    }
+    CHECK(redis(mset) == "OK\n");
+    auto scanned = redis({"--scan", "--pattern", "user:*"});
+    std::vector<std::string> lines;
+    std::istringstream in(scanned);
+    for (std::string line; std::getline(in, line);) lines.push_back(line);
+    std::sort(lines.begin(), lines.end());
+    std::vector<std::string> expected;
+    for (int i = 0; i < 500; ++i) expected.push_back("user:" + std::to_string(i));
+    std::sort(expected.begin(), expected.end());
+    CHECK(lines == expected);
+    CHECK(kv.stop());
+    CHECK(kv.errors().empty());
+}
