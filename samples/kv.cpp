@@ -889,12 +889,13 @@ void scan(session& s, arguments args, std::string& out) {
     std::uint64_t next = 0;
     if (ahead.size() > wanted) {
         auto nth = ahead.begin() + static_cast<std::ptrdiff_t>(wanted - 1);
-        std::ranges::nth_element(ahead, nth);
+        std::nth_element(ahead.begin(), nth, ahead.end());
         auto last = nth->first;
         // Every key of the last hash goes in this batch, so the next cursor skips none.
-        auto later = std::ranges::partition(ahead, [&](auto& e) { return e.first <= last; });
-        if (!later.empty()) next = last + 1;
-        ahead.erase(later.begin(), later.end());
+        auto later = std::partition(ahead.begin(), ahead.end(),
+                                    [&](const auto& e) { return e.first <= last; });
+        if (later != ahead.end()) next = last + 1;
+        ahead.erase(later, ahead.end());
     }
     std::erase_if(ahead, [&](auto& e) {
         return (pattern && !matches(*pattern, e.second)) ||
