@@ -100,7 +100,7 @@ public:
     std::string* find(std::string_view key) {
         auto it = entries_.find(key);
         if (it == entries_.end()) return nullptr;
-        if (expired(it->second, now_ms())) {
+        if (it->second.expiry != expiries_.end() && expired(it->second, now_ms())) {
             erase(it);
             return nullptr;
         }
@@ -737,9 +737,12 @@ void key_type(session& s, arguments args, std::string& out) {
 }
 
 /// Redis's glob (its stringmatchlen): `*`, `?`, `[abc]`, `[^a-z]`, `\` escapes; case-sensitive.
-/// `pattern` must be null-terminated past its end, as Redis reads one byte beyond.
+/// `pattern` must be null-terminated past its end, as Redis reads one byte beyond. Like Redis
+/// since its fix for CVE-2024-31228, a pattern nesting more than 1000 stars matches nothing, so a
+/// client's pattern cannot exhaust the stack.
 bool glob_match(const char* pattern, int pattern_len, const char* text, int text_len,
-                bool& skip_longer) {
+                bool& skip_longer, int nesting = 0) {
+    if (nesting > 1000) return false;
     while (pattern_len > 0 && text_len > 0) {
         switch (pattern[0]) {
             case '*':
@@ -749,7 +752,8 @@ bool glob_match(const char* pattern, int pattern_len, const char* text, int text
                 }
                 if (pattern_len == 1) return true;
                 while (text_len > 0) {
-                    if (glob_match(pattern + 1, pattern_len - 1, text, text_len, skip_longer)) {
+                    if (glob_match(pattern + 1, pattern_len - 1, text, text_len, skip_longer,
+                                   nesting + 1)) {
                         return true;
                     }
                     if (skip_longer) return false;

@@ -1249,10 +1249,19 @@ TEST_CASE("kv's added key and server commands answer as Redis 7.0 does", "[kv][p
                    {"SCAN", "0", "COUNT", "100", "TYPE", "string", "MATCH", "a*"},
                    {"SCAN", "0", "COUNT", "100", "MATCH", "hee*"},
                    {"SCAN", "0", "TYPE", "list"},
+                   // Redis's answer since its fix for CVE-2024-31228: no match, no crash.
+                   {"SET", std::string(50000, 'a'), "1"},
+                   {"KEYS",
+                    [] {
+                        std::string stars;
+                        for (int i = 0; i < 50000; ++i) stars += "*?";
+                        return stars;
+                    }()},
                    {"KEYS"}}),
          "+OK\r\n*1\r\n$5\r\nhallo\r\n*1\r\n$3\r\na*b\r\n*0\r\n*1\r\n$5\r\nhxllo\r\n"
          "*2\r\n$1\r\n0\r\n*1\r\n$3\r\na*b\r\n*2\r\n$1\r\n0\r\n*1\r\n$8\r\nheeeello\r\n"
-         "*2\r\n$1\r\n0\r\n*0\r\n-ERR wrong number of arguments for 'keys' command\r\n"},
+         "*2\r\n$1\r\n0\r\n*0\r\n+OK\r\n*0\r\n"
+         "-ERR wrong number of arguments for 'keys' command\r\n"},
         {"SCAN's argument errors",
          commands({{"SCAN", "0", "COUNT", "0"},
                    {"SCAN", "x"},
