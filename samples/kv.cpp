@@ -372,7 +372,7 @@ void get(session& s, arguments args, std::string& out) {
     }
 }
 
-/// SET and its variants: `reply_ok`/`reply_abort` are what SETNX answers instead of +OK/nil.
+/// SET and its variants. With `integer_replies` (SETNX) the answer is :1 or :0, not +OK or nil.
 void set_generic(session& s, std::string_view key, std::string_view value, const string_options& o,
                  std::optional<std::int64_t> when, bool integer_replies, std::string& out) {
     if (o.get) get(s, std::array{std::string_view("GET"), key}, out);
