@@ -12,8 +12,13 @@
 #include <algorithm>
 #include <array>
 #include <cctype>
+#include <cerrno>
 #include <chrono>
+#include <climits>
+#include <cmath>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <exception>
 #include <functional>
@@ -21,9 +26,12 @@
 #include <limits>
 #include <map>
 #include <optional>
+#include <random>
 #include <span>
 #include <string>
 #include <string_view>
+#include <sys/utsname.h>
+#include <unistd.h>
 #include <unordered_map>
 #include <vector>
 
@@ -43,18 +51,27 @@ constexpr netloop::duration idle_timeout = netloop::no_timeout;
 constexpr netloop::duration write_timeout = 30s;
 
 // The read buffer starts at Redis's read size and grows only while a request needs it. A client
-// whose unfinished request passes 1 GiB (Redis's client-query-buffer-limit) is dropped.
+// whose unfinished request passes 1 GiB (Redis's client-query-buffer-limit) is dropped, as Redis
+// drops it: silently. The views of the arguments parsed so far count towards that limit too.
 constexpr std::size_t initial_buffer = 16 * 1024;
 constexpr std::size_t max_buffer = std::size_t{1024} * 1024 * 1024;
 // Replies are sent once per batch of requests, or earlier once they pass this size.
 constexpr std::size_t flush_threshold = 64 * 1024;
 
 constexpr std::int64_t max_int64 = std::numeric_limits<std::int64_t>::max();
+constexpr std::int64_t min_int64 = std::numeric_limits<std::int64_t>::min();
 
-/// Milliseconds on the monotonic clock: what expiry times are measured in.
+// The longest string APPEND and SETRANGE may build: Redis's proto-max-bulk-len.
+constexpr std::size_t max_string = resp::max_bulk_length;
+
+// What kv tells clients it is (INFO, HELLO): the Redis version whose replies it follows.
+constexpr std::string_view emulated_version = "7.0.0";
+
+/// Milliseconds since the Unix epoch. Expiry times are wall-clock times, as in Redis, so that
+/// EXPIREAT, EXPIRETIME and SET ... EXAT mean the Unix times they name.
 std::int64_t now_ms() {
-    auto since_start = std::chrono::steady_clock::now().time_since_epoch();
-    return std::chrono::duration_cast<std::chrono::milliseconds>(since_start).count();
+    auto since_epoch = std::chrono::system_clock::now().time_since_epoch();
+    return std::chrono::duration_cast<std::chrono::milliseconds>(since_epoch).count();
 }
 
 bool iequals(std::string_view a, std::string_view b) {
@@ -65,6 +82,7 @@ bool iequals(std::string_view a, std::string_view b) {
 }
 
 /// Hashes `std::string` and `std::string_view` alike, so lookups by a view do not copy the key.
+/// SCAN's cursor is a position in the order of this hash.
 struct key_hash {
     using is_transparent = void;
     std::size_t operator()(std::string_view key) const noexcept {
@@ -82,7 +100,7 @@ public:
     std::string* find(std::string_view key) {
         auto it = entries_.find(key);
         if (it == entries_.end()) return nullptr;
-        if (it->second.expiry != expiries_.end() && it->second.expiry->first <= now_ms()) {
+        if (it->second.expiry != expiries_.end() && expired(it->second, now_ms())) {
             erase(it);
             return nullptr;
         }
@@ -123,9 +141,9 @@ public:
     /// How many keys there are (like Redis, expired ones not yet removed included).
     [[nodiscard]] std::size_t size() const noexcept { return entries_.size(); }
 
-    /// Removes every key.
+    /// Removes every key, and gives back the memory of the table.
     void clear() {
-        entries_.clear();
+        entry_map().swap(entries_);
         expiries_.clear();
     }
 
@@ -137,6 +155,49 @@ public:
         }
     }
 
+    /// Calls `visit(key)` for every key that has not expired, in no particular order.
+    template <typename Visit>
+    void for_each_key(Visit visit) const {
+        auto now = now_ms();
+        for (const auto& [key, e] : entries_) {
+            if (!expired(e, now)) visit(std::string_view(key));
+        }
+    }
+
+    /// A key chosen at random, or empty if there is none.
+    std::optional<std::string> random_key(std::mt19937_64& random) {
+        while (!entries_.empty()) {
+            auto it = entries_.end();
+            if (entries_.size() * 4 < entries_.bucket_count()) {
+                // Sparse (after many deletions): walk to a random position.
+                std::uniform_int_distribution<std::size_t> position(0, entries_.size() - 1);
+                it = std::next(entries_.begin(), static_cast<std::ptrdiff_t>(position(random)));
+            } else {
+                // A random non-empty bucket, then a random key in it.
+                std::uniform_int_distribution<std::size_t> pick(0, entries_.bucket_count() - 1);
+                std::size_t bucket = pick(random);
+                while (entries_.bucket_size(bucket) == 0) bucket = pick(random);
+                std::uniform_int_distribution<std::size_t> in_bucket(
+                    0, entries_.bucket_size(bucket) - 1);
+                auto local = std::next(entries_.begin(bucket),
+                                       static_cast<std::ptrdiff_t>(in_bucket(random)));
+                it = entries_.find(local->first);
+            }
+            if (!expired(it->second, now_ms())) return it->first;
+            erase(it);  // as Redis does: an expired pick is removed, and another one drawn
+        }
+        return std::nullopt;
+    }
+
+    /// Renames `from` (which must exist) to `to`, with its expiry time, replacing any `to`.
+    void rename(std::string_view from, std::string_view to) {
+        auto it = entries_.find(from);
+        std::string value = std::move(it->second.value);
+        auto when = expiry(from);
+        erase(it);
+        set(to, std::move(value), when);
+    }
+
 private:
     // Expiry times in order, each with its key: the sweep takes them from the front.
     using expiry_index = std::multimap<std::int64_t, std::string>;
@@ -145,6 +206,10 @@ private:
         expiry_index::iterator expiry;  // into expiries_, or expiries_.end(): never expires
     };
     using entry_map = std::unordered_map<std::string, entry, key_hash, std::equal_to<>>;
+
+    bool expired(const entry& e, std::int64_t now) const {
+        return e.expiry != expiries_.end() && e.expiry->first <= now;
+    }
 
     void set_expiry(entry_map::iterator it, std::optional<std::int64_t> expires_at_ms) {
         if (it->second.expiry != expiries_.end()) expiries_.erase(it->second.expiry);
@@ -161,7 +226,24 @@ private:
     expiry_index expiries_;
 };
 
-// The commands. Each appends its reply to `out`; `args[0]` is the command's name.
+/// What every client shares besides the keys: for INFO, HELLO and RANDOMKEY.
+struct server_state {
+    std::uint16_t port = 0;
+    std::int64_t started_ms = now_ms();
+    std::size_t clients = 0;
+    std::int64_t next_client_id = 1;
+    std::mt19937_64 random{std::random_device{}()};
+};
+
+/// What a command may use: the keys, the server, and which client asks.
+struct session {
+    store& db;
+    server_state& server;
+    std::int64_t client_id;
+};
+
+// The commands. Each appends its reply to `out`; `args[0]` is the command's name. Where an error
+// is possible, the checks come in Redis's order, so the same mistake gets the same error.
 
 using arguments = std::span<const std::string_view>;
 
@@ -171,19 +253,108 @@ void not_an_integer(std::string& out) {
 
 void syntax_error(std::string& out) { resp::append_error(out, "ERR syntax error"); }
 
-/// A relative expiry (`amount` seconds or milliseconds from now) as an absolute time, or empty
-/// where Redis says "invalid expire time" (it would overflow).
-std::optional<std::int64_t> expiry_time(std::int64_t amount, bool seconds) {
-    if (seconds) {
-        if (amount > max_int64 / 1000 || amount < -max_int64 / 1000) return std::nullopt;
-        amount *= 1000;
-    }
-    auto now = now_ms();
-    if (amount > max_int64 - now) return std::nullopt;
-    return now + amount;
+void wrong_arity(std::string_view name, std::string& out) {
+    resp::append_error(out,
+                       "ERR wrong number of arguments for '" + std::string(name) + "' command");
 }
 
-void ping(store&, arguments args, std::string& out) {
+void invalid_expire_time(std::string_view name, std::string& out) {
+    resp::append_error(out, "ERR invalid expire time in '" + std::string(name) + "' command");
+}
+
+/// An integer argument, or empty after replying Redis's error.
+std::optional<std::int64_t> integer_or_reply(std::string_view text, std::string& out) {
+    auto value = resp::parse_integer(text);
+    if (!value) not_an_integer(out);
+    return value;
+}
+
+/// The bytes `text` names in full: a null-terminated copy for the C functions Redis uses.
+std::string c_string(std::string_view text) { return std::string(text); }
+
+/// Lower-case command name for errors: Redis names commands as it defines them.
+std::string lower(std::string_view text) {
+    std::string out(text);
+    for (auto& c : out) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    return out;
+}
+
+/// A time-to-live or an absolute time for SET, SETEX, PSETEX and GETEX, in Unix milliseconds, or
+/// empty after replying Redis's error: it must be positive and must not overflow.
+std::optional<std::int64_t> expiry_or_reply(std::string_view text, bool seconds, bool relative,
+                                            std::string_view command, std::string& out) {
+    auto amount = integer_or_reply(text, out);
+    if (!amount) return std::nullopt;
+    if (*amount <= 0 || (seconds && *amount > max_int64 / 1000)) {
+        invalid_expire_time(command, out);
+        return std::nullopt;
+    }
+    std::int64_t when = seconds ? *amount * 1000 : *amount;
+    if (relative) {
+        auto now = now_ms();
+        if (when > max_int64 - now) {
+            invalid_expire_time(command, out);
+            return std::nullopt;
+        }
+        when += now;
+    }
+    return when;
+}
+
+/// The options SET and GETEX share, read as Redis reads them: the same conflicts are errors.
+struct string_options {
+    bool nx = false;
+    bool xx = false;
+    bool get = false;
+    bool keep_ttl = false;
+    bool persist = false;
+    std::string_view expiry_kind;  // "EX", "PX", "EXAT", "PXAT" or empty
+    std::string_view expiry;       // its argument
+};
+
+/// Reads the options from `args[first]` on; false after replying `syntax error`.
+bool parse_string_options(arguments args, std::size_t first, bool for_set, string_options& o,
+                          std::string& out) {
+    for (std::size_t i = first; i < args.size(); ++i) {
+        auto opt = args[i];
+        bool has_next = i + 1 < args.size();
+        bool free_expiry = !o.keep_ttl && !o.persist;
+        if (for_set && iequals(opt, "NX") && !o.xx) {
+            o.nx = true;
+        } else if (for_set && iequals(opt, "XX") && !o.nx) {
+            o.xx = true;
+        } else if (for_set && iequals(opt, "GET")) {
+            o.get = true;
+        } else if (for_set && iequals(opt, "KEEPTTL") && !o.persist && o.expiry_kind.empty()) {
+            o.keep_ttl = true;
+        } else if (!for_set && iequals(opt, "PERSIST") && o.expiry_kind.empty() && !o.keep_ttl) {
+            o.persist = true;
+        } else if ((iequals(opt, "EX") || iequals(opt, "PX") || iequals(opt, "EXAT") ||
+                    iequals(opt, "PXAT")) &&
+                   free_expiry && (o.expiry_kind.empty() || iequals(o.expiry_kind, opt)) &&
+                   has_next) {
+            o.expiry_kind = opt;
+            o.expiry = args[++i];
+        } else {
+            syntax_error(out);
+            return false;
+        }
+    }
+    return true;
+}
+
+/// The absolute expiry time the options ask for (empty if none), or false after an error reply.
+bool options_expiry(const string_options& o, std::string_view command,
+                    std::optional<std::int64_t>& when, std::string& out) {
+    if (o.expiry_kind.empty()) return true;
+    bool seconds = iequals(o.expiry_kind, "EX") || iequals(o.expiry_kind, "EXAT");
+    bool relative = o.expiry_kind.size() == 2;
+    when = expiry_or_reply(o.expiry, seconds, relative, command, out);
+    return when.has_value();
+}
+
+void ping(session&, arguments args, std::string& out) {
+    if (args.size() > 2) return wrong_arity("ping", out);
     if (args.size() == 1) {
         resp::append_simple_string(out, "PONG");
     } else {
@@ -191,153 +362,716 @@ void ping(store&, arguments args, std::string& out) {
     }
 }
 
-void echo(store&, arguments args, std::string& out) { resp::append_bulk_string(out, args[1]); }
+void echo(session&, arguments args, std::string& out) { resp::append_bulk_string(out, args[1]); }
 
-void get(store& db, arguments args, std::string& out) {
-    if (auto* value = db.find(args[1])) {
+void get(session& s, arguments args, std::string& out) {
+    if (auto* value = s.db.find(args[1])) {
         resp::append_bulk_string(out, *value);
     } else {
         resp::append_null_bulk_string(out);
     }
 }
 
-// SET key value [NX | XX] [EX seconds | PX milliseconds | KEEPTTL]
-void set(store& db, arguments args, std::string& out) {
-    bool nx = false;
-    bool xx = false;
-    bool keep_ttl = false;
-    std::optional<std::int64_t> expires_at;
-    for (std::size_t i = 3; i < args.size(); ++i) {
-        bool has_ttl = expires_at || keep_ttl;
-        if (iequals(args[i], "NX") && !xx) {
-            nx = true;
-        } else if (iequals(args[i], "XX") && !nx) {
-            xx = true;
-        } else if (iequals(args[i], "KEEPTTL") && !has_ttl) {
-            keep_ttl = true;
-        } else if ((iequals(args[i], "EX") || iequals(args[i], "PX")) && !has_ttl &&
-                   i + 1 < args.size()) {
-            bool seconds = iequals(args[i], "EX");
-            auto amount = resp::parse_integer(args[++i]);
-            if (!amount) return not_an_integer(out);
-            if (*amount > 0) expires_at = expiry_time(*amount, seconds);
-            if (!expires_at) {
-                return resp::append_error(out, "ERR invalid expire time in 'set' command");
-            }
-        } else {
-            return syntax_error(out);
-        }
+/// SET and its variants. With `integer_replies` (SETNX) the answer is :1 or :0, not +OK or nil.
+void set_generic(session& s, std::string_view key, std::string_view value, const string_options& o,
+                 std::optional<std::int64_t> when, bool integer_replies, std::string& out) {
+    if (o.get) get(s, std::array{std::string_view("GET"), key}, out);
+    bool exists = s.db.find(key) != nullptr;
+    if ((o.nx && exists) || (o.xx && !exists)) {
+        if (o.get) return;
+        if (integer_replies) return resp::append_integer(out, 0);
+        return resp::append_null_bulk_string(out);
     }
-    bool exists = db.find(args[1]) != nullptr;
-    if ((nx && exists) || (xx && !exists)) return resp::append_null_bulk_string(out);
-    if (keep_ttl && exists) expires_at = db.expiry(args[1]);
-    db.set(args[1], std::string(args[2]), expires_at);
+    if (o.keep_ttl && exists && !when) when = s.db.expiry(key);
+    s.db.set(key, std::string(value), when);
+    if (o.get) return;
+    if (integer_replies) return resp::append_integer(out, 1);
     resp::append_simple_string(out, "OK");
 }
 
-void del(store& db, arguments args, std::string& out) {
-    auto removed = std::ranges::count_if(args.subspan(1), [&](auto key) { return db.erase(key); });
+// SET key value [NX | XX] [GET] [EX s | PX ms | EXAT unix-s | PXAT unix-ms | KEEPTTL]
+void set(session& s, arguments args, std::string& out) {
+    string_options o;
+    if (!parse_string_options(args, 3, true, o, out)) return;
+    std::optional<std::int64_t> when;
+    if (!options_expiry(o, "set", when, out)) return;
+    set_generic(s, args[1], args[2], o, when, false, out);
+}
+
+void setnx(session& s, arguments args, std::string& out) {
+    string_options o;
+    o.nx = true;
+    set_generic(s, args[1], args[2], o, std::nullopt, true, out);
+}
+
+// SETEX key seconds value, PSETEX key milliseconds value
+void setex_generic(session& s, arguments args, bool seconds, std::string& out) {
+    auto when = expiry_or_reply(args[2], seconds, true, seconds ? "setex" : "psetex", out);
+    if (!when) return;
+    set_generic(s, args[1], args[3], {}, when, false, out);
+}
+
+void setex(session& s, arguments args, std::string& out) { setex_generic(s, args, true, out); }
+
+void psetex(session& s, arguments args, std::string& out) { setex_generic(s, args, false, out); }
+
+void getset(session& s, arguments args, std::string& out) {
+    get(s, args, out);
+    s.db.set(args[1], std::string(args[2]), std::nullopt);
+}
+
+void getdel(session& s, arguments args, std::string& out) {
+    get(s, args, out);
+    s.db.erase(args[1]);
+}
+
+// GETEX key [EX s | PX ms | EXAT unix-s | PXAT unix-ms | PERSIST]
+void getex(session& s, arguments args, std::string& out) {
+    string_options o;
+    if (!parse_string_options(args, 2, false, o, out)) return;
+    auto* value = s.db.find(args[1]);
+    if (value == nullptr) return resp::append_null_bulk_string(out);
+    std::optional<std::int64_t> when;
+    if (!options_expiry(o, "getex", when, out)) return;
+    resp::append_bulk_string(out, *value);
+    if (when && *when <= now_ms()) {
+        s.db.erase(args[1]);  // EXAT or PXAT in the past
+    } else if (when) {
+        s.db.expire(args[1], when);
+    } else if (o.persist) {
+        s.db.expire(args[1], std::nullopt);
+    }
+}
+
+// Redis's checkStringLength: what APPEND and SETRANGE may not build.
+bool too_long(std::size_t size, std::size_t added, std::string& out) {
+    if (size > max_string || added > max_string - size) {
+        resp::append_error(out, "ERR string exceeds maximum allowed size (proto-max-bulk-len)");
+        return true;
+    }
+    return false;
+}
+
+void append(session& s, arguments args, std::string& out) {
+    auto* value = s.db.find(args[1]);
+    if (value == nullptr) {
+        s.db.set(args[1], std::string(args[2]), std::nullopt);
+        return resp::append_integer(out, static_cast<std::int64_t>(args[2].size()));
+    }
+    if (too_long(value->size(), args[2].size(), out)) return;
+    value->append(args[2]);
+    resp::append_integer(out, static_cast<std::int64_t>(value->size()));
+}
+
+void string_length(session& s, arguments args, std::string& out) {
+    auto* value = s.db.find(args[1]);
+    resp::append_integer(out, value ? static_cast<std::int64_t>(value->size()) : 0);
+}
+
+// GETRANGE key start end: inclusive, negative counts from the end, clamped to the string.
+void getrange(session& s, arguments args, std::string& out) {
+    auto start = integer_or_reply(args[2], out);
+    if (!start) return;
+    auto end = integer_or_reply(args[3], out);
+    if (!end) return;
+    auto* value = s.db.find(args[1]);
+    if (value == nullptr) return resp::append_bulk_string(out, "");
+    auto size = static_cast<std::int64_t>(value->size());
+    auto from = *start;
+    auto to = *end;
+    if (from < 0 && to < 0 && from > to) return resp::append_bulk_string(out, "");
+    if (from < 0) from += size;
+    if (to < 0) to += size;
+    from = std::max<std::int64_t>(from, 0);
+    to = std::max<std::int64_t>(to, 0);
+    if (to >= size) to = size - 1;
+    if (from > to || size == 0) return resp::append_bulk_string(out, "");
+    resp::append_bulk_string(
+        out, std::string_view(*value).substr(static_cast<std::size_t>(from),
+                                             static_cast<std::size_t>(to - from + 1)));
+}
+
+// SETRANGE key offset value: overwrites from `offset`, padding with zero bytes.
+void setrange(session& s, arguments args, std::string& out) {
+    auto offset = integer_or_reply(args[2], out);
+    if (!offset) return;
+    if (*offset < 0) return resp::append_error(out, "ERR offset is out of range");
+    auto at = static_cast<std::size_t>(*offset);
+    auto patch = args[3];
+    auto* value = s.db.find(args[1]);
+    if (value == nullptr) {
+        if (patch.empty()) return resp::append_integer(out, 0);
+        if (too_long(at, patch.size(), out)) return;
+        s.db.set(args[1], std::string(), std::nullopt);
+        value = s.db.find(args[1]);
+    } else {
+        if (patch.empty())
+            return resp::append_integer(out, static_cast<std::int64_t>(value->size()));
+        if (too_long(at, patch.size(), out)) return;
+    }
+    if (value->size() < at + patch.size()) value->resize(at + patch.size(), '\0');
+    value->replace(at, patch.size(), patch);
+    resp::append_integer(out, static_cast<std::int64_t>(value->size()));
+}
+
+void del(session& s, arguments args, std::string& out) {
+    auto removed =
+        std::ranges::count_if(args.subspan(1), [&](auto key) { return s.db.erase(key); });
     resp::append_integer(out, removed);
 }
 
-void exists(store& db, arguments args, std::string& out) {
+void exists(session& s, arguments args, std::string& out) {
     auto found =
-        std::ranges::count_if(args.subspan(1), [&](auto key) { return db.find(key) != nullptr; });
+        std::ranges::count_if(args.subspan(1), [&](auto key) { return s.db.find(key) != nullptr; });
     resp::append_integer(out, found);
 }
 
-// INCR and DECR: the value is a decimal 64-bit integer (a missing key counts as 0); the key keeps
-// its expiry time.
-void add(store& db, std::string_view key, std::int64_t delta, std::string& out) {
+// INCR, DECR, INCRBY, DECRBY: the value is a decimal 64-bit integer (a missing key counts as 0);
+// the key keeps its expiry time.
+void add(session& s, std::string_view key, std::int64_t delta, std::string& out) {
     std::int64_t value = 0;
-    if (auto* text = db.find(key)) {
+    auto* text = s.db.find(key);
+    if (text != nullptr) {
         auto parsed = resp::parse_integer(*text);
         if (!parsed) return not_an_integer(out);
         value = *parsed;
     }
-    if ((delta > 0 && value > max_int64 - delta) ||
-        (delta < 0 && value < std::numeric_limits<std::int64_t>::min() - delta)) {
+    if ((delta > 0 && value > max_int64 - delta) || (delta < 0 && value < min_int64 - delta)) {
         return resp::append_error(out, "ERR increment or decrement would overflow");
     }
     value += delta;
-    if (auto* text = db.find(key)) {
+    if (text != nullptr) {
         *text = std::to_string(value);
     } else {
-        db.set(key, std::to_string(value), std::nullopt);
+        s.db.set(key, std::to_string(value), std::nullopt);
     }
     resp::append_integer(out, value);
 }
 
-void incr(store& db, arguments args, std::string& out) { add(db, args[1], 1, out); }
+void incr(session& s, arguments args, std::string& out) { add(s, args[1], 1, out); }
 
-void decr(store& db, arguments args, std::string& out) { add(db, args[1], -1, out); }
+void decr(session& s, arguments args, std::string& out) { add(s, args[1], -1, out); }
 
-void mget(store& db, arguments args, std::string& out) {
-    resp::append_array_header(out, args.size() - 1);
-    for (auto key : args.subspan(1)) get(db, std::array{std::string_view("GET"), key}, out);
+void incrby(session& s, arguments args, std::string& out) {
+    auto delta = integer_or_reply(args[2], out);
+    if (delta) add(s, args[1], *delta, out);
 }
 
-void mset(store& db, arguments args, std::string& out) {
-    if (args.size() % 2 == 0) {
-        return resp::append_error(out, "ERR wrong number of arguments for 'mset' command");
+void decrby(session& s, arguments args, std::string& out) {
+    auto delta = integer_or_reply(args[2], out);
+    if (!delta) return;
+    if (*delta == min_int64) return resp::append_error(out, "ERR decrement would overflow");
+    add(s, args[1], -*delta, out);
+}
+
+/// A long double in Redis's syntax (its string2ld: strtold, the whole text, no leading blank,
+/// no overflow, no NaN); empty if `text` is anything else.
+std::optional<long double> parse_float(std::string_view text) {
+    constexpr std::size_t max_chars = 5 * 1024;  // Redis's MAX_LONG_DOUBLE_CHARS
+    if (text.empty() || text.size() >= max_chars) return std::nullopt;
+    auto copy = c_string(text);
+    char* end = nullptr;
+    errno = 0;
+    long double value = std::strtold(copy.c_str(), &end);
+    if (std::isspace(static_cast<unsigned char>(copy[0])) || end != copy.c_str() + copy.size() ||
+        (errno == ERANGE &&
+         (value == HUGE_VALL || value == -HUGE_VALL || std::fpclassify(value) == FP_ZERO)) ||
+        errno == EINVAL || std::isnan(value)) {
+        return std::nullopt;
     }
+    return value;
+}
+
+/// `value` as INCRBYFLOAT writes it: 17 decimals, trailing zeros (and point) removed, no "-0".
+std::string format_float(long double value) {
+    std::array<char, 5 * 1024 + 64> buf{};
+    int n = std::snprintf(buf.data(), buf.size(), "%.17Lf", value);
+    std::string text(buf.data(), static_cast<std::size_t>(std::max(n, 0)));
+    if (text.find('.') != std::string::npos) {
+        while (text.back() == '0') text.pop_back();
+        if (text.back() == '.') text.pop_back();
+    }
+    if (text == "-0") text = "0";
+    return text;
+}
+
+// INCRBYFLOAT key increment: the key keeps its expiry time.
+void incrbyfloat(session& s, arguments args, std::string& out) {
+    long double value = 0;
+    auto* text = s.db.find(args[1]);
+    std::optional<long double> current = text ? parse_float(*text) : std::optional(value);
+    auto increment = current ? parse_float(args[2]) : std::nullopt;
+    if (!current || !increment) return resp::append_error(out, "ERR value is not a valid float");
+    value = *current + *increment;
+    if (std::isnan(value) || std::isinf(value)) {
+        return resp::append_error(out, "ERR increment would produce NaN or Infinity");
+    }
+    auto result = format_float(value);
+    resp::append_bulk_string(out, result);
+    if (text != nullptr) {
+        *text = std::move(result);
+    } else {
+        s.db.set(args[1], std::move(result), std::nullopt);
+    }
+}
+
+void mget(session& s, arguments args, std::string& out) {
+    resp::append_array_header(out, args.size() - 1);
+    for (auto key : args.subspan(1)) get(s, std::array{std::string_view("GET"), key}, out);
+}
+
+void mset(session& s, arguments args, std::string& out) {
+    if (args.size() % 2 == 0) return wrong_arity("mset", out);
     for (std::size_t i = 1; i < args.size(); i += 2) {
-        db.set(args[i], std::string(args[i + 1]), std::nullopt);
+        s.db.set(args[i], std::string(args[i + 1]), std::nullopt);
     }
     resp::append_simple_string(out, "OK");
 }
 
-// EXPIRE key seconds: a time in the past deletes the key. Redis 7's NX/XX/GT/LT are not here.
-void expire(store& db, arguments args, std::string& out) {
-    if (args.size() > 3) {
-        return resp::append_error(out, "ERR Unsupported option " + std::string(args[3]));
+void msetnx(session& s, arguments args, std::string& out) {
+    if (args.size() % 2 == 0) return wrong_arity("msetnx", out);
+    for (std::size_t i = 1; i < args.size(); i += 2) {
+        if (s.db.find(args[i]) != nullptr) return resp::append_integer(out, 0);
     }
-    auto seconds = resp::parse_integer(args[2]);
-    if (!seconds) return not_an_integer(out);
-    auto when = expiry_time(*seconds, true);
-    if (!when) return resp::append_error(out, "ERR invalid expire time in 'expire' command");
-    bool found = *when <= now_ms() ? db.erase(args[1]) : db.expire(args[1], when);
-    resp::append_integer(out, found ? 1 : 0);
+    for (std::size_t i = 1; i < args.size(); i += 2) {
+        s.db.set(args[i], std::string(args[i + 1]), std::nullopt);
+    }
+    resp::append_integer(out, 1);
 }
 
-// TTL key: seconds left (rounded), -1 for a key without expiry, -2 for no key.
-void ttl(store& db, arguments args, std::string& out) {
-    if (db.find(args[1]) == nullptr) return resp::append_integer(out, -2);
-    auto when = db.expiry(args[1]);
+// EXPIRE, PEXPIRE, EXPIREAT, PEXPIREAT key time [NX | XX | GT | LT]: a time in the past deletes
+// the key; no expiry counts as an infinite one for GT and LT.
+void expire_generic(session& s, arguments args, bool relative, bool seconds, std::string& out) {
+    bool nx = false, xx = false, gt = false, lt = false;
+    for (auto opt : args.subspan(3)) {
+        if (iequals(opt, "NX")) {
+            nx = true;
+        } else if (iequals(opt, "XX")) {
+            xx = true;
+        } else if (iequals(opt, "GT")) {
+            gt = true;
+        } else if (iequals(opt, "LT")) {
+            lt = true;
+        } else {
+            return resp::append_error(out, "ERR Unsupported option " + c_string(opt));
+        }
+    }
+    if (nx && (xx || gt || lt)) {
+        return resp::append_error(
+            out, "ERR NX and XX, GT or LT options at the same time are not compatible");
+    }
+    if (gt && lt) {
+        return resp::append_error(out, "ERR GT and LT options at the same time are not compatible");
+    }
+    auto name = lower(args[0]);
+    auto when = integer_or_reply(args[2], out);
+    if (!when) return;
+    if (seconds) {
+        if (*when > max_int64 / 1000 || *when < min_int64 / 1000) {
+            return invalid_expire_time(name, out);
+        }
+        *when *= 1000;
+    }
+    std::int64_t base = relative ? now_ms() : 0;
+    if (*when > max_int64 - base) return invalid_expire_time(name, out);
+    *when += base;
+    if (s.db.find(args[1]) == nullptr) return resp::append_integer(out, 0);
+    auto current = s.db.expiry(args[1]);
+    if ((nx && current) || (xx && !current) || (gt && (!current || *when <= *current)) ||
+        (lt && current && *when >= *current)) {
+        return resp::append_integer(out, 0);
+    }
+    if (*when <= now_ms()) {
+        s.db.erase(args[1]);
+    } else {
+        s.db.expire(args[1], when);
+    }
+    resp::append_integer(out, 1);
+}
+
+void expire(session& s, arguments args, std::string& out) {
+    expire_generic(s, args, true, true, out);
+}
+
+void pexpire(session& s, arguments args, std::string& out) {
+    expire_generic(s, args, true, false, out);
+}
+
+void expireat(session& s, arguments args, std::string& out) {
+    expire_generic(s, args, false, true, out);
+}
+
+void pexpireat(session& s, arguments args, std::string& out) {
+    expire_generic(s, args, false, false, out);
+}
+
+// TTL, PTTL, EXPIRETIME, PEXPIRETIME: -2 for no key, -1 for no expiry; seconds are rounded.
+void ttl_generic(session& s, arguments args, bool milliseconds, bool absolute, std::string& out) {
+    if (s.db.find(args[1]) == nullptr) return resp::append_integer(out, -2);
+    auto when = s.db.expiry(args[1]);
     if (!when) return resp::append_integer(out, -1);
-    resp::append_integer(out, (*when - now_ms() + 500) / 1000);
+    std::int64_t ttl = std::max<std::int64_t>(absolute ? *when : *when - now_ms(), 0);
+    resp::append_integer(out, milliseconds ? ttl : ttl / 1000 + (ttl % 1000 >= 500 ? 1 : 0));
 }
 
-void dbsize(store& db, arguments, std::string& out) {
-    resp::append_integer(out, static_cast<std::int64_t>(db.size()));
+void ttl(session& s, arguments args, std::string& out) { ttl_generic(s, args, false, false, out); }
+
+void pttl(session& s, arguments args, std::string& out) { ttl_generic(s, args, true, false, out); }
+
+void expiretime(session& s, arguments args, std::string& out) {
+    ttl_generic(s, args, false, true, out);
 }
 
-void flushall(store& db, arguments args, std::string& out) {
+void pexpiretime(session& s, arguments args, std::string& out) {
+    ttl_generic(s, args, true, true, out);
+}
+
+void persist(session& s, arguments args, std::string& out) {
+    bool had = s.db.find(args[1]) != nullptr && s.db.expiry(args[1]).has_value();
+    if (had) s.db.expire(args[1], std::nullopt);
+    resp::append_integer(out, had ? 1 : 0);
+}
+
+void key_type(session& s, arguments args, std::string& out) {
+    resp::append_simple_string(out, s.db.find(args[1]) ? "string" : "none");
+}
+
+/// Redis's glob (its stringmatchlen): `*`, `?`, `[abc]`, `[^a-z]`, `\` escapes; case-sensitive.
+/// `pattern` must be null-terminated past its end, as Redis reads one byte beyond. Like Redis
+/// since its fix for CVE-2024-31228, a pattern nesting more than 1000 stars matches nothing, so a
+/// client's pattern cannot exhaust the stack.
+bool glob_match(const char* pattern, int pattern_len, const char* text, int text_len,
+                bool& skip_longer, int nesting = 0) {
+    if (nesting > 1000) return false;
+    while (pattern_len > 0 && text_len > 0) {
+        switch (pattern[0]) {
+            case '*':
+                while (pattern_len > 0 && pattern[1] == '*') {
+                    ++pattern;
+                    --pattern_len;
+                }
+                if (pattern_len == 1) return true;
+                while (text_len > 0) {
+                    if (glob_match(pattern + 1, pattern_len - 1, text, text_len, skip_longer,
+                                   nesting + 1)) {
+                        return true;
+                    }
+                    if (skip_longer) return false;
+                    ++text;
+                    --text_len;
+                }
+                skip_longer = true;
+                return false;
+            case '?':
+                ++text;
+                --text_len;
+                break;
+            case '[': {
+                ++pattern;
+                --pattern_len;
+                bool negate = pattern[0] == '^';
+                if (negate) {
+                    ++pattern;
+                    --pattern_len;
+                }
+                bool match = false;
+                for (;;) {
+                    if (pattern[0] == '\\' && pattern_len >= 2) {
+                        ++pattern;
+                        --pattern_len;
+                        if (pattern[0] == text[0]) match = true;
+                    } else if (pattern[0] == ']') {
+                        break;
+                    } else if (pattern_len == 0) {
+                        --pattern;
+                        ++pattern_len;
+                        break;
+                    } else if (pattern_len >= 3 && pattern[1] == '-') {
+                        int low = static_cast<unsigned char>(pattern[0]);
+                        int high = static_cast<unsigned char>(pattern[2]);
+                        int c = static_cast<unsigned char>(text[0]);
+                        if (low > high) std::swap(low, high);
+                        pattern += 2;
+                        pattern_len -= 2;
+                        if (c >= low && c <= high) match = true;
+                    } else if (pattern[0] == text[0]) {
+                        match = true;
+                    }
+                    ++pattern;
+                    --pattern_len;
+                }
+                if (negate) match = !match;
+                if (!match) return false;
+                ++text;
+                --text_len;
+                break;
+            }
+            case '\\':
+                if (pattern_len >= 2) {
+                    ++pattern;
+                    --pattern_len;
+                }
+                [[fallthrough]];
+            default:
+                if (pattern[0] != text[0]) return false;
+                ++text;
+                --text_len;
+                break;
+        }
+        ++pattern;
+        --pattern_len;
+        if (text_len == 0) {
+            while (*pattern == '*') {
+                ++pattern;
+                --pattern_len;
+            }
+            break;
+        }
+    }
+    return pattern_len == 0 && text_len == 0;
+}
+
+/// Whether `key` matches the glob `pattern` (a null-terminated copy of the argument).
+bool matches(const std::string& pattern, std::string_view key) {
+    if (pattern == "*") return true;
+    if (pattern.size() > INT_MAX || key.size() > INT_MAX) return false;
+    bool skip_longer = false;
+    return glob_match(pattern.c_str(), static_cast<int>(pattern.size()), key.data(),
+                      static_cast<int>(key.size()), skip_longer);
+}
+
+void keys(session& s, arguments args, std::string& out) {
+    auto pattern = c_string(args[1]);
+    std::vector<std::string_view> found;
+    s.db.for_each_key([&](std::string_view key) {
+        if (matches(pattern, key)) found.push_back(key);
+    });
+    resp::append_array_header(out, found.size());
+    for (auto key : found) resp::append_bulk_string(out, key);
+}
+
+// SCAN cursor [MATCH pattern] [COUNT count] [TYPE type]
+//
+// The cursor is a position in the order of the keys' hashes: a call returns the keys whose hashes
+// are the next ones from the cursor on, and the cursor after the last of them. So every key that
+// exists for the whole scan is returned, whatever is added or removed meanwhile (a key may come
+// twice only if it is deleted and re-added). Each call looks at every key: a call costs the size
+// of the store, and returns at least 1/256 of it, so a whole scan costs at most 256 passes.
+void scan(session& s, arguments args, std::string& out) {
+    auto cursor_text = c_string(args[1]);
+    char* end = nullptr;
+    errno = 0;
+    unsigned long cursor = std::strtoul(cursor_text.c_str(), &end, 10);
+    if (std::isspace(static_cast<unsigned char>(cursor_text[0])) || *end != '\0' ||
+        errno == ERANGE) {
+        return resp::append_error(out, "ERR invalid cursor");
+    }
+    std::int64_t count = 10;
+    std::optional<std::string> pattern;
+    std::optional<std::string_view> type_name;
+    for (std::size_t i = 2; i < args.size(); i += 2) {
+        bool has_value = i + 1 < args.size();
+        if (iequals(args[i], "COUNT") && has_value) {
+            auto parsed = integer_or_reply(args[i + 1], out);
+            if (!parsed) return;
+            if (*parsed < 1) return syntax_error(out);
+            count = *parsed;
+        } else if (iequals(args[i], "MATCH") && has_value) {
+            pattern = c_string(args[i + 1]);
+        } else if (iequals(args[i], "TYPE") && has_value) {
+            type_name = args[i + 1];
+        } else {
+            return syntax_error(out);
+        }
+    }
+    std::vector<std::pair<std::uint64_t, std::string_view>> ahead;  // from the cursor on
+    s.db.for_each_key([&](std::string_view key) {
+        std::uint64_t h = key_hash{}(key);
+        if (h >= cursor) ahead.emplace_back(h, key);
+    });
+    auto wanted = std::max<std::uint64_t>(static_cast<std::uint64_t>(count), s.db.size() / 256);
+    std::uint64_t next = 0;
+    if (ahead.size() > wanted) {
+        auto nth = ahead.begin() + static_cast<std::ptrdiff_t>(wanted - 1);
+        std::nth_element(ahead.begin(), nth, ahead.end());
+        auto last = nth->first;
+        // Every key of the last hash goes in this batch, so the next cursor skips none.
+        auto later = std::partition(ahead.begin(), ahead.end(),
+                                    [&](const auto& e) { return e.first <= last; });
+        if (later != ahead.end()) next = last + 1;
+        ahead.erase(later, ahead.end());
+    }
+    std::erase_if(ahead, [&](auto& e) {
+        return (pattern && !matches(*pattern, e.second)) ||
+               (type_name && !iequals(*type_name, "string"));
+    });
+    resp::append_array_header(out, 2);
+    resp::append_bulk_string(out, std::to_string(next));
+    resp::append_array_header(out, ahead.size());
+    for (const auto& e : ahead) resp::append_bulk_string(out, e.second);
+}
+
+// RENAME and RENAMENX: the value moves with its expiry time.
+void rename_generic(session& s, arguments args, bool nx, std::string& out) {
+    if (s.db.find(args[1]) == nullptr) return resp::append_error(out, "ERR no such key");
+    if (args[1] == args[2]) {
+        return nx ? resp::append_integer(out, 0) : resp::append_simple_string(out, "OK");
+    }
+    if (nx && s.db.find(args[2]) != nullptr) return resp::append_integer(out, 0);
+    s.db.rename(args[1], args[2]);
+    nx ? resp::append_integer(out, 1) : resp::append_simple_string(out, "OK");
+}
+
+void rename_key(session& s, arguments args, std::string& out) {
+    rename_generic(s, args, false, out);
+}
+
+void renamenx(session& s, arguments args, std::string& out) { rename_generic(s, args, true, out); }
+
+void randomkey(session& s, arguments, std::string& out) {
+    auto key = s.db.random_key(s.server.random);
+    if (!key) return resp::append_null_bulk_string(out);
+    resp::append_bulk_string(out, *key);
+}
+
+// SELECT index: kv has one database, 0.
+void select_db(session&, arguments args, std::string& out) {
+    auto index = integer_or_reply(args[1], out);
+    if (!index) return;
+    if (*index < std::numeric_limits<std::int32_t>::min() ||
+        *index > std::numeric_limits<std::int32_t>::max()) {
+        return resp::append_error(
+            out, "ERR value is out of range, value must between -2147483648 and 2147483647");
+    }
+    if (*index != 0) return resp::append_error(out, "ERR DB index is out of range");
+    resp::append_simple_string(out, "OK");
+}
+
+void dbsize(session& s, arguments, std::string& out) {
+    resp::append_integer(out, static_cast<std::int64_t>(s.db.size()));
+}
+
+// FLUSHALL and FLUSHDB [ASYNC | SYNC]: the same, with one database.
+void flushall(session& s, arguments args, std::string& out) {
     if (args.size() > 2 ||
         (args.size() == 2 && !iequals(args[1], "ASYNC") && !iequals(args[1], "SYNC"))) {
         return syntax_error(out);
     }
-    db.clear();
+    s.db.clear();
     resp::append_simple_string(out, "OK");
+}
+
+void server_time(session&, arguments, std::string& out) {
+    auto since_epoch = std::chrono::system_clock::now().time_since_epoch();
+    auto us = std::chrono::duration_cast<std::chrono::microseconds>(since_epoch).count();
+    resp::append_array_header(out, 2);
+    resp::append_bulk_string(out, std::to_string(us / 1000000));
+    resp::append_bulk_string(out, std::to_string(us % 1000000));
+}
+
+// INFO [section ...]: the Server and Clients sections, with the fields clients read.
+void info(session& s, arguments args, std::string& out) {
+    bool server = args.size() == 1;
+    bool clients = args.size() == 1;
+    for (auto section : args.subspan(1)) {
+        bool every = iequals(section, "default") || iequals(section, "all") ||
+                     iequals(section, "everything");
+        server = server || every || iequals(section, "server");
+        clients = clients || every || iequals(section, "clients");
+    }
+    std::string text;
+    if (server) {
+        utsname name{};
+        ::uname(&name);
+        auto now = now_ms();
+        auto uptime = (now - s.server.started_ms) / 1000;
+        text += "# Server\r\n";
+        text += "redis_version:" + std::string(emulated_version) + "\r\n";
+        text += "redis_mode:standalone\r\n";
+        text +=
+            std::string("os:") + name.sysname + " " + name.release + " " + name.machine + "\r\n";
+        text += "arch_bits:" + std::to_string(sizeof(void*) * 8) + "\r\n";
+        text += "process_id:" + std::to_string(::getpid()) + "\r\n";
+        text += "tcp_port:" + std::to_string(s.server.port) + "\r\n";
+        text += "server_time_usec:" + std::to_string(now * 1000) + "\r\n";
+        text += "uptime_in_seconds:" + std::to_string(uptime) + "\r\n";
+        text += "uptime_in_days:" + std::to_string(uptime / 86400) + "\r\n";
+        text += "hz:10\r\n";  // the expiry sweep's rate
+        text += "config_file:\r\n";
+    }
+    if (clients) {
+        if (!text.empty()) text += "\r\n";
+        text += "# Clients\r\n";
+        text += "connected_clients:" + std::to_string(s.server.clients) + "\r\n";
+        text += "blocked_clients:0\r\n";
+        text += "tracking_clients:0\r\n";
+    }
+    resp::append_bulk_string(out, text);
+}
+
+// HELLO [protover [AUTH user password] [SETNAME name]]: RESP2 only.
+void hello(session& s, arguments args, std::string& out) {
+    std::size_t next = 1;
+    if (args.size() >= 2) {
+        auto version = resp::parse_integer(args[next++]);
+        if (!version) {
+            return resp::append_error(out,
+                                      "ERR Protocol version is not an integer or out of range");
+        }
+        if (*version != 2) return resp::append_error(out, "NOPROTO unsupported protocol version");
+    }
+    for (std::size_t i = next; i < args.size(); ++i) {
+        auto more = args.size() - 1 - i;
+        if (iequals(args[i], "AUTH") && more >= 2) {
+            // No passwords: like Redis's default user, which takes any.
+            if (args[i + 1] != "default") {
+                return resp::append_error(
+                    out, "WRONGPASS invalid username-password pair or user is disabled.");
+            }
+            i += 2;
+        } else if (iequals(args[i], "SETNAME") && more >= 1) {
+            auto name = args[++i];
+            if (std::ranges::any_of(name, [](char c) { return c < '!' || c > '~'; })) {
+                return resp::append_error(
+                    out, "ERR Client names cannot contain spaces, newlines or special characters.");
+            }
+        } else {
+            return resp::append_error(
+                out, "ERR Syntax error in HELLO option '" + c_string(args[i]) + "'");
+        }
+    }
+    resp::append_array_header(out, 14);
+    resp::append_bulk_string(out, "server");
+    resp::append_bulk_string(out, "redis");
+    resp::append_bulk_string(out, "version");
+    resp::append_bulk_string(out, emulated_version);
+    resp::append_bulk_string(out, "proto");
+    resp::append_integer(out, 2);
+    resp::append_bulk_string(out, "id");
+    resp::append_integer(out, s.client_id);
+    resp::append_bulk_string(out, "mode");
+    resp::append_bulk_string(out, "standalone");
+    resp::append_bulk_string(out, "role");
+    resp::append_bulk_string(out, "master");
+    resp::append_bulk_string(out, "modules");
+    resp::append_array_header(out, 0);
 }
 
 void command_count(std::string& out);
 
 // COMMAND: redis-cli asks for `COMMAND DOCS` to offer hints; an empty answer means "none".
-void command(store&, arguments args, std::string& out) {
+void command(session&, arguments args, std::string& out) {
     if (args.size() == 2 && iequals(args[1], "COUNT")) return command_count(out);
     resp::append_array_header(out, 0);
 }
 
 // CONFIG GET: redis-benchmark asks for `save` and `appendonly` before it starts.
-void config(store&, arguments args, std::string& out) {
+void config(session&, arguments args, std::string& out) {
     if (!iequals(args[1], "GET")) {
         return resp::append_error(
             out, "ERR unknown subcommand '" + std::string(args[1]) + "'. Try CONFIG HELP.");
     }
-    if (args.size() < 3) {
-        return resp::append_error(out, "ERR wrong number of arguments for 'config|get' command");
-    }
+    if (args.size() < 3) return wrong_arity("config|get", out);
     static constexpr std::array<std::pair<std::string_view, std::string_view>, 3> settings{{
         {"save", ""},  // nothing is ever saved
         {"appendonly", "no"},
@@ -359,18 +1093,58 @@ void config(store&, arguments args, std::string& out) {
 struct command_spec {
     std::string_view name;  // lower case, as Redis names commands in its errors
     int arity;  // Redis's convention, the name included: n means exactly n, -n at least n
-    void (*run)(store&, arguments, std::string&);
+    void (*run)(session&, arguments, std::string&);
 };
 
 constexpr std::array commands{
-    command_spec{"ping", -1, ping},       command_spec{"echo", 2, echo},
-    command_spec{"get", 2, get},          command_spec{"set", -3, set},
-    command_spec{"del", -2, del},         command_spec{"exists", -2, exists},
-    command_spec{"incr", 2, incr},        command_spec{"decr", 2, decr},
-    command_spec{"mget", -2, mget},       command_spec{"mset", -3, mset},
-    command_spec{"expire", -3, expire},   command_spec{"ttl", 2, ttl},
-    command_spec{"dbsize", 1, dbsize},    command_spec{"flushall", -1, flushall},
-    command_spec{"command", -1, command}, command_spec{"config", -2, config},
+    command_spec{"get", 2, get},
+    command_spec{"set", -3, set},
+    command_spec{"ping", -1, ping},
+    command_spec{"incr", 2, incr},
+    command_spec{"mget", -2, mget},
+    command_spec{"mset", -3, mset},
+    command_spec{"del", -2, del},
+    command_spec{"exists", -2, exists},
+    command_spec{"echo", 2, echo},
+    command_spec{"decr", 2, decr},
+    command_spec{"incrby", 3, incrby},
+    command_spec{"decrby", 3, decrby},
+    command_spec{"incrbyfloat", 3, incrbyfloat},
+    command_spec{"setnx", 3, setnx},
+    command_spec{"setex", 4, setex},
+    command_spec{"psetex", 4, psetex},
+    command_spec{"getset", 3, getset},
+    command_spec{"getdel", 2, getdel},
+    command_spec{"getex", -2, getex},
+    command_spec{"append", 3, append},
+    command_spec{"strlen", 2, string_length},
+    command_spec{"getrange", 4, getrange},
+    command_spec{"setrange", 4, setrange},
+    command_spec{"msetnx", -3, msetnx},
+    command_spec{"expire", -3, expire},
+    command_spec{"pexpire", -3, pexpire},
+    command_spec{"expireat", -3, expireat},
+    command_spec{"pexpireat", -3, pexpireat},
+    command_spec{"ttl", 2, ttl},
+    command_spec{"pttl", 2, pttl},
+    command_spec{"expiretime", 2, expiretime},
+    command_spec{"pexpiretime", 2, pexpiretime},
+    command_spec{"persist", 2, persist},
+    command_spec{"type", 2, key_type},
+    command_spec{"keys", 2, keys},
+    command_spec{"scan", -2, scan},
+    command_spec{"rename", 3, rename_key},
+    command_spec{"renamenx", 3, renamenx},
+    command_spec{"randomkey", 1, randomkey},
+    command_spec{"select", 2, select_db},
+    command_spec{"dbsize", 1, dbsize},
+    command_spec{"flushdb", -1, flushall},
+    command_spec{"flushall", -1, flushall},
+    command_spec{"time", 1, server_time},
+    command_spec{"info", -1, info},
+    command_spec{"hello", -1, hello},
+    command_spec{"command", -1, command},
+    command_spec{"config", -2, config},
 };
 
 void command_count(std::string& out) {
@@ -390,15 +1164,15 @@ void unknown_command(arguments args, std::string& out) {
 }
 
 /// Runs one command and appends its reply to `out`.
-void execute(store& db, arguments args, std::string& out) {
+void execute(session& s, arguments args, std::string& out) {
     auto spec = std::ranges::find_if(commands, [&](auto& c) { return iequals(c.name, args[0]); });
     if (spec == commands.end()) return unknown_command(args, out);
-    auto count = static_cast<int>(args.size());  // at most resp::max_arguments
-    if (spec->arity > 0 ? count != spec->arity : count < -spec->arity) {
-        return resp::append_error(
-            out, "ERR wrong number of arguments for '" + std::string(spec->name) + "' command");
+    auto count = args.size();
+    if (spec->arity > 0 ? count != static_cast<std::size_t>(spec->arity)
+                        : count < static_cast<std::size_t>(-spec->arity)) {
+        return wrong_arity(spec->name, out);
     }
-    spec->run(db, args, out);
+    spec->run(s, args, out);
 }
 
 /// The next size of a full read buffer of `size` bytes, when the request needs `wanted` in all.
@@ -420,7 +1194,7 @@ netloop::task<std::size_t> read_some(netloop::connection& conn, std::span<char> 
 }
 
 /// Serves one client until it quits, closes, or breaks the protocol.
-netloop::task<> serve_client(netloop::connection conn, store& db) {
+netloop::task<> serve_client(netloop::connection conn, session& s) {
     std::vector<char> buffer(initial_buffer);
     std::size_t used = 0;    // bytes in `buffer`, the unfinished request first
     std::size_t wanted = 1;  // parsing again is pointless before `used` reaches this
@@ -451,6 +1225,9 @@ netloop::task<> serve_client(netloop::connection conn, store& db) {
             resume = request.resume;
             if (request.state == resp::status::incomplete) {
                 wanted = request.wanted;  // relative to `done`, which is about to become 0
+                if (used - done + resume.arguments * sizeof(std::string_view) > max_buffer) {
+                    co_return;
+                }
                 break;
             }
             if (request.state == resp::status::error) {
@@ -465,7 +1242,7 @@ netloop::task<> serve_client(netloop::connection conn, store& db) {
                 resp::append_simple_string(replies, "OK");
                 quit = true;
             } else {
-                execute(db, request.args, replies);
+                execute(s, request.args, replies);
             }
             if (replies.size() >= flush_threshold) {
                 co_await conn.write(replies, write_timeout);
@@ -490,12 +1267,15 @@ netloop::task<> serve_client(netloop::connection conn, store& db) {
 }
 
 /// Serves one client; whatever ends it (reset, a stuck reader, the server stopping) ends only it.
-netloop::task<> client(netloop::connection conn, store& db) {
+netloop::task<> client(netloop::connection conn, store& db, server_state& server) {
+    session s{db, server, server.next_client_id++};
+    ++server.clients;
     try {
-        co_await serve_client(std::move(conn), db);
+        co_await serve_client(std::move(conn), s);
     } catch (const netloop::error&) {
         // Nothing to tell: the client is gone.
     }
+    --server.clients;
 }
 
 /// Removes expired keys ten times a second, until the server stops.
@@ -513,15 +1293,18 @@ netloop::task<> remove_expired_keys(store& db) {
 }  // namespace
 
 int main(int argc, char** argv) {
-    store db;  // outlives run(), so no client task can see it destroyed
+    store db;  // these two outlive run(), so no client task can see them destroyed
+    server_state state;
     try {
         return netloop::run([&]() -> netloop::task<> {
             auto at = netloop::address::parse(argc > 1 ? argv[1] : "127.0.0.1:6379");
             auto server = netloop::server::listen(at);
+            state.port = server.local_port();
             netloop::announce(server);
             netloop::spawn(remove_expired_keys(db));
             auto conns = server.connections();
-            while (auto conn = co_await conns.next()) netloop::spawn(client(std::move(*conn), db));
+            while (auto conn = co_await conns.next())
+                netloop::spawn(client(std::move(*conn), db, state));
         });
     } catch (const std::exception& e) {
         std::cerr << "kv: " << e.what() << '\n';

@@ -17,15 +17,16 @@
 /// feeds it whatever it has read and a fuzzer feeds it anything.
 ///
 /// A request is a multibulk (`*2\r\n$3\r\nGET\r\n$1\r\na\r\n`) or an inline command
-/// (`GET a\r\n`, what a person types into `nc`). Inline arguments are split on blanks; quoting
-/// (`SET k "a b"`) is not supported: use redis-cli, which always sends multibulk.
+/// (`GET a\r\n`, what a person types into `nc`). Inline arguments are split on blanks and may be
+/// quoted as Redis quotes them: `"a b\x41\n"` with backslash escapes, `'a b'` literally.
 namespace resp {
 
 /// The longest bulk string a request may carry: Redis's `proto-max-bulk-len` (512 MiB).
 inline constexpr std::size_t max_bulk_length = std::size_t{512} * 1024 * 1024;
 
-/// The most arguments one multibulk request may claim (1 Mi).
-inline constexpr std::size_t max_arguments = std::size_t{1024} * 1024;
+/// The most arguments one multibulk request may claim: Redis's INT_MAX. What bounds the memory a
+/// request takes is the server's limit on its buffered bytes, not this count.
+inline constexpr std::size_t max_arguments = std::numeric_limits<std::int32_t>::max();
 
 /// The longest inline request, and the longest `*<count>` or `$<length>` line: Redis's
 /// `PROTO_INLINE_MAX_SIZE` (64 KiB).
@@ -54,8 +55,13 @@ struct request {
     status state = status::incomplete;
 
     /// For `complete`: the command and its arguments, views into the parser's input (so valid as
-    /// long as those bytes are). Empty for a blank inline line or `*0`, which Redis skips.
+    /// long as those bytes are) or, for a quoted inline argument, into `unquoted`. Empty for a
+    /// blank inline line or a count of 0 or less (`*0`, `*-1`), which Redis skips.
     std::vector<std::string_view> args;
+
+    /// The bytes of quoted inline arguments after their quotes and escapes are undone; `args`
+    /// points into it, so a request may be moved but not copied.
+    std::vector<char> unquoted;
 
     /// For `complete`: how many bytes of the input the request took.
     std::size_t consumed = 0;
@@ -136,8 +142,14 @@ inline request parse_multibulk(std::string_view in, progress from) {
         return failure(header.too_long ? "too big mbulk count string" : "invalid multibulk length");
     }
     auto count = resp::parse_integer(header.text.substr(1));
-    if (!count || *count < 0 || static_cast<std::uint64_t>(*count) > max_arguments) {
+    if (!count || *count > static_cast<std::int64_t>(max_arguments)) {
         return failure("invalid multibulk length");
+    }
+    if (*count <= 0) {  // Redis skips the request: `*0`, `*-1` and `*-10` alike
+        request skipped;
+        skipped.state = status::complete;
+        skipped.consumed = header.next;
+        return skipped;
     }
     // Resuming, the arguments before `from` are known to be whole: check only the rest, and
     // collect views into a fresh pass once the request is complete.
@@ -176,8 +188,101 @@ inline request parse_multibulk(std::string_view in, progress from) {
     return r;
 }
 
+// What Redis's sdssplitargs skips between arguments (C's isspace), and what ends an unquoted one.
 inline bool is_blank(char c) {
-    return c == ' ' || c == '\t' || c == '\r' || c == '\v' || c == '\f';
+    return c == ' ' || c == '\t' || c == '\r' || c == '\n' || c == '\v' || c == '\f';
+}
+
+inline bool ends_unquoted(char c) { return c == ' ' || c == '\t' || c == '\r' || c == '\n'; }
+
+inline int hex_value(char c) {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+}
+
+/// Splits an inline line into arguments as Redis's sdssplitargs does: blanks separate them;
+/// inside `"..."` the escapes `\xHH`, `\n`, `\r`, `\t`, `\b`, `\a` and `\<any>` apply; inside
+/// `'...'` only `\'`; a closing quote must be followed by a blank or the end. False for
+/// unbalanced quotes. Quoted arguments are written to `unquoted`, which has room for the line.
+inline bool split_inline(std::string_view text, request& r) {
+    std::size_t i = 0;
+    for (;;) {
+        while (i < text.size() && is_blank(text[i])) ++i;
+        if (i == text.size()) return true;
+        std::size_t start = i;
+        while (i < text.size() && !ends_unquoted(text[i]) && text[i] != '"' && text[i] != '\'') {
+            ++i;
+        }
+        if (i == text.size() || ends_unquoted(text[i])) {
+            r.args.push_back(text.substr(start, i - start));
+            continue;
+        }
+        // A quote: this argument is rebuilt in `unquoted`, from its unquoted beginning on.
+        auto first = r.unquoted.size();
+        r.unquoted.insert(r.unquoted.end(), text.begin() + static_cast<std::ptrdiff_t>(start),
+                          text.begin() + static_cast<std::ptrdiff_t>(i));
+        bool done = false;
+        while (!done) {
+            if (i == text.size()) break;  // the end of an unquoted part ends the argument
+            char c = text[i];
+            if (ends_unquoted(c)) break;
+            if (c != '"' && c != '\'') {
+                r.unquoted.push_back(c);
+                ++i;
+                continue;
+            }
+            char quote = c;
+            ++i;
+            for (;;) {
+                if (i == text.size()) return false;  // unbalanced
+                char q = text[i];
+                if (quote == '"' && q == '\\' && i + 3 < text.size() && text[i + 1] == 'x' &&
+                    hex_value(text[i + 2]) >= 0 && hex_value(text[i + 3]) >= 0) {
+                    r.unquoted.push_back(
+                        static_cast<char>(hex_value(text[i + 2]) * 16 + hex_value(text[i + 3])));
+                    i += 4;
+                } else if (quote == '"' && q == '\\' && i + 1 < text.size()) {
+                    char e = text[i + 1];
+                    switch (e) {
+                        case 'n':
+                            e = '\n';
+                            break;
+                        case 'r':
+                            e = '\r';
+                            break;
+                        case 't':
+                            e = '\t';
+                            break;
+                        case 'b':
+                            e = '\b';
+                            break;
+                        case 'a':
+                            e = '\a';
+                            break;
+                        default:
+                            break;
+                    }
+                    r.unquoted.push_back(e);
+                    i += 2;
+                } else if (quote == '\'' && q == '\\' && i + 1 < text.size() &&
+                           text[i + 1] == '\'') {
+                    r.unquoted.push_back('\'');
+                    i += 2;
+                } else if (q == quote) {
+                    ++i;
+                    if (i < text.size() && !is_blank(text[i])) return false;
+                    done = true;
+                    break;
+                } else {
+                    r.unquoted.push_back(q);
+                    ++i;
+                }
+            }
+        }
+        r.args.emplace_back(r.unquoted.data() + first, r.unquoted.size() - first);
+    }
 }
 
 inline request parse_inline(std::string_view in) {
@@ -191,13 +296,10 @@ inline request parse_inline(std::string_view in) {
     r.state = status::complete;
     r.consumed = newline + 1;
     std::string_view text = in.substr(0, newline);
-    std::size_t i = 0;
-    while (i < text.size()) {
-        while (i < text.size() && is_blank(text[i])) ++i;
-        std::size_t start = i;
-        while (i < text.size() && !is_blank(text[i])) ++i;
-        if (i > start) r.args.push_back(text.substr(start, i - start));
-    }
+    if (!text.empty() && text.back() == '\r') text.remove_suffix(1);
+    // Views point into `unquoted`: reserve what the whole line could need, so it never moves.
+    if (text.find_first_of("\"'") != std::string_view::npos) r.unquoted.reserve(text.size());
+    if (!split_inline(text, r)) return failure("unbalanced quotes in request");
     return r;
 }
 

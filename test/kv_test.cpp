@@ -135,9 +135,6 @@ std::vector<bad_input> bad_inputs() {
         {"truncated header", "*2\r\n$3\r\nGE", "", eof},
         {"truncated bulk", "*2\r\n$3\r\nGET\r\n$5\r\nab", "", eof},
         {"truncated inline", "GET a", "", eof},
-        {"negative count", "*-5\r\n", "invalid multibulk length",
-         error("invalid multibulk length")},
-        {"null array", "*-1\r\n", "invalid multibulk length", error("invalid multibulk length")},
         {"null bulk", "*1\r\n$-1\r\n", "invalid bulk length", error("invalid bulk length")},
         {"negative length", "*1\r\n$-5\r\nab\r\n", "invalid bulk length",
          error("invalid bulk length")},
@@ -145,8 +142,14 @@ std::vector<bad_input> bad_inputs() {
          error("invalid bulk length")},
         {"one past 512 MiB", "*1\r\n$536870913\r\n", "invalid bulk length",
          error("invalid bulk length")},
-        {"one past 1 Mi arguments", "*1048577\r\n", "invalid multibulk length",
+        {"one past INT_MAX arguments", "*2147483648\r\n", "invalid multibulk length",
          error("invalid multibulk length")},
+        {"unbalanced quotes", "set \"\"\"test-key\"\"\" test-value\r\nping\r\n",
+         "unbalanced quotes in request", error("unbalanced quotes in request")},
+        {"unterminated quote", "SET \"a\r\n", "unbalanced quotes in request",
+         error("unbalanced quotes in request")},
+        {"text after a closing quote", "SET 'a'b c\r\n", "unbalanced quotes in request",
+         error("unbalanced quotes in request")},
         {"count overflows", "*99999999999999999999999\r\n", "invalid multibulk length",
          error("invalid multibulk length")},
         {"leading zero", "*01\r\n$1\r\na\r\n", "invalid multibulk length",
@@ -236,6 +239,51 @@ TEST_CASE("resp::parse reads inline commands, with or without CR, and skips blan
     CHECK(blank.consumed == 2);
 }
 
+TEST_CASE("resp::parse skips a multibulk count of 0 or less, as Redis does", "[kv][resp]") {
+    auto skipped = resp::parse("*-10\r\nPING\r\n");
+    CHECK(skipped.state == resp::status::complete);
+    CHECK(skipped.args.empty());
+    CHECK(skipped.consumed == 6);
+    auto all = parse_all("*-10\r\n*0\r\n*-1\r\n" + command({"PING"}) + "*-9223372036854775808\r\n");
+    CHECK(all.commands == std::vector<std::vector<std::string>>{{"PING"}});
+    CHECK(all.error.empty());
+    CHECK(all.unfinished == 0);
+}
+
+TEST_CASE("resp::parse splits inline arguments with Redis's quotes and escapes", "[kv][resp]") {
+    using args = std::vector<std::string>;
+    // What redis-server 7.0 makes of each line (its sdssplitargs).
+    std::vector<std::pair<std::string, args>> cases{
+        {"set \"a\\x41b\" 'c d'\r\n", {"set", "aAb", "c d"}},
+        {"echo \"\\n\\r\\t\\b\\a\\z\\x4\"\r\n", {"echo", "\n\r\t\b\azx4"}},
+        {"echo \"\\xZZ\" \"x\\x4a\\x4\"\r\n", {"echo", "xZZ", "xJx4"}},
+        {"echo \"\" ''\r\n", {"echo", "", ""}},
+        {"set 'a\\'b' \"a'b\" 'a\"b'\r\n", {"set", "a'b", "a'b", "a\"b"}},
+        {"echo a\"b c\" d\r\n", {"echo", "ab c", "d"}},
+        {"echo a\vb \"a\"\v\r\n", {"echo", "a\vb", "a"}},
+        {"\v echo  x\r\r\n", {"echo", "x"}},
+        {"echo \"\\\\\" 'a\\b'\n", {"echo", "\\", "a\\b"}},
+        {"GET \"\\x00\"\n", {"GET", std::string(1, '\0')}},
+    };
+    for (const auto& [line, expected] : cases) {
+        CAPTURE(line);
+        auto r = resp::parse(line);
+        REQUIRE(r.state == resp::status::complete);
+        CHECK(owned(r.args) == expected);
+        CHECK(r.consumed == line.size());
+        // The same however the line arrives, and a moved request keeps its arguments.
+        CHECK(parse_in_chunks(line, 1).commands == std::vector<args>{expected});
+        auto moved = std::move(r);
+        CHECK(owned(moved.args) == expected);
+    }
+    for (std::string bad :
+         {"set \"\"\"test-key\"\"\" test-value\r\n", "set \"a\r\n", "set a\"b c\r\n",
+          "set \"a\"b c\r\n", "echo \"a\\\"\r\n", "echo 'a\\\\'\r\n", "echo 'a\n"}) {
+        CAPTURE(bad);
+        CHECK(resp::parse(bad).error == "unbalanced quotes in request");
+    }
+}
+
 TEST_CASE("resp::parse rejects bad input with Redis's protocol errors", "[kv][resp]") {
     for (const auto& bad : bad_inputs()) {
         CAPTURE(bad.name);
@@ -253,17 +301,20 @@ TEST_CASE("resp::parse rejects bad input with Redis's protocol errors", "[kv][re
 }
 
 TEST_CASE("resp::parse accepts its limits exactly and rejects one past them", "[kv][resp]") {
-    // A bulk string of exactly 512 MiB and a count of exactly 1 Mi are valid beginnings.
+    // A bulk string of exactly 512 MiB and a count of exactly INT_MAX are valid beginnings.
     auto bulk = resp::parse("*1\r\n$536870912\r\nabc");
     CHECK(bulk.state == resp::status::incomplete);
     CHECK(bulk.wanted == 16 + std::size_t{536870912} + 2);
-    CHECK(resp::parse("*1048576\r\n").state == resp::status::incomplete);
-    std::string most = "*1048576\r\n";
-    for (std::size_t i = 0; i < resp::max_arguments; ++i) most += "$0\r\n\r\n";
-    auto full = resp::parse(most);
+    CHECK(resp::max_arguments == 2147483647);
+    CHECK(resp::parse("*2147483647\r\n").state == resp::status::incomplete);
+    CHECK(resp::parse("*2147483648\r\n").error == "invalid multibulk length");
+    // Far more arguments than a client usually sends, in one request.
+    std::string many = "*1048577\r\n";
+    for (std::size_t i = 0; i < 1048577; ++i) many += "$0\r\n\r\n";
+    auto full = resp::parse(many);
     CHECK(full.state == resp::status::complete);
-    CHECK(full.args.size() == resp::max_arguments);
-    CHECK(full.consumed == most.size());
+    CHECK(full.args.size() == 1048577);
+    CHECK(full.consumed == many.size());
     // Inline requests and length lines up to 64 KiB.
     std::string line(resp::max_line_length, 'a');
     CHECK(resp::parse(line + "\n").state == resp::status::complete);
@@ -318,8 +369,8 @@ TEST_CASE("resp::parse allocates nothing in proportion to a claimed count or len
         SUCCEED("not counted under AddressSanitizer, which owns operator new");
         return;
     }
-    for (std::string in : {"*1\r\n$536870912\r\nabc", "*1048576\r\n$1\r\na\r\n$1\r\nb\r\n",
-                           "*1048576\r\n", "*2\r\n$536870912\r\n"}) {
+    for (std::string in : {"*1\r\n$536870912\r\nabc", "*2147483647\r\n$1\r\na\r\n$1\r\nb\r\n",
+                           "*2147483647\r\n", "*2\r\n$536870912\r\n"}) {
         CAPTURE(in);
         largest_allocation = 0;
         counting = true;
@@ -803,4 +854,524 @@ TEST_CASE("kv stops on SIGTERM with status 0 while clients sit idle, and closes 
     CHECK(result.pong == "+PONG\r\n");
     CHECK(result.stopped);
     CHECK(result.after == std::vector<std::string>(3));
+}
+
+// Redis 7.0's own replies, byte for byte: each case's bytes were sent to redis-server 7.0 with an
+// empty database, and its answer is the expected one. Where kv differs on purpose (one database,
+// RESP2 only, a word at the end of input), the case says so.
+
+namespace {
+
+using command_list = std::vector<std::vector<std::string>>;
+
+std::string commands(const command_list& list) {
+    std::string out;
+    for (const auto& args : list) {
+        std::vector<std::string_view> views(args.begin(), args.end());
+        resp::append_command(out, views);
+    }
+    return out;
+}
+
+// Sends `request` on a new connection, closes the sending side, and returns all kv answers.
+std::string send_and_close(const kv_process& kv, const std::string& request) {
+    return run_bounded([&]() -> task<std::string> {
+        auto c = co_await netloop::connect(kv.address(), 5s);
+        co_await write_all_or_reset(c, request);
+        c.shutdown_write();
+        co_return co_await read_to_end(c);
+    });
+}
+
+struct redis_case {
+    std::string name;
+    std::string request;
+    std::string reply;  // what redis-server 7.0 answers
+};
+
+// Runs each case on a new connection after FLUSHALL, and checks kv answers what Redis does.
+void check_cases(const std::vector<redis_case>& cases) {
+    scratch_dir dir;
+    kv_process kv(dir);
+    REQUIRE(kv.port() != 0);
+    auto flush = commands({{"FLUSHALL"}});
+    for (const auto& c : cases) {
+        CAPTURE(c.name);
+        CHECK(send_and_close(kv, flush + c.request) == "+OK\r\n" + c.reply);
+    }
+    CHECK(kv.stop());
+    CHECK(kv.errors().empty());
+}
+
+}  // namespace
+
+TEST_CASE("kv skips multibulk counts of 0 or less and takes counts up to INT_MAX, as Redis does",
+          "[kv][process]") {
+    const std::string eof = "-ERR Protocol error: unexpected end of input\r\n";
+    check_cases({
+        {"negative count", "*-10\r\nPING\r\n", "+PONG\r\n"},
+        {"zero and -1", "*0\r\n*-1\r\n" + commands({{"PING"}}), "+PONG\r\n"},
+        // Redis waits for the rest too; at the end of input it closes without a word, kv says why.
+        {"INT_MAX arguments: a valid beginning", "*2147483647\r\n$4\r\nPING\r\n", eof},
+        {"one past INT_MAX", "*2147483648\r\nPING\r\n",
+         "-ERR Protocol error: invalid multibulk length\r\n"},
+    });
+}
+
+TEST_CASE("kv reads quoted inline commands as Redis does, and closes on unbalanced quotes",
+          "[kv][process]") {
+    const std::string unbalanced = "-ERR Protocol error: unbalanced quotes in request\r\n";
+    check_cases({
+        {"double and single quotes", "set \"a\\x41b\" 'c d'\r\nget \"aAb\"\r\n",
+         "+OK\r\n$3\r\nc d\r\n"},
+        {"escapes", "echo \"\\n\\r\\t\\b\\a\\z\\x4\"\r\n", "$8\r\n\n\r\t\b\azx4\r\n"},
+        {"escaped single quote", "set 'a\\'b' c\r\nget \"a'b\"\r\n", "+OK\r\n$1\r\nc\r\n"},
+        {"empty quotes", "echo \"\"\r\necho ''\r\n", "$0\r\n\r\n$0\r\n\r\n"},
+        {"vertical tab", "echo a\vb\r\n", "$3\r\na\vb\r\n"},
+        {"quotes inside a word", "echo a\"b c\" d\r\n",
+         "-ERR wrong number of arguments for 'echo' command\r\n"},
+        {"tripled quotes", "set \"\"\"test-key\"\"\" test-value\r\nping\r\n", unbalanced},
+        {"unterminated", "set \"a\r\nping\r\n", unbalanced},
+        {"word after a closing quote", "set \"a\"b c\r\n", unbalanced},
+        {"escaped closing quote", "echo \"a\\\"\r\n", unbalanced},
+        {"replies before the error come first", "PING\r\nset 'a b\r\nPING\r\n",
+         "+PONG\r\n" + unbalanced},
+    });
+}
+
+TEST_CASE("kv answers PING, SET and EXPIRE options as Redis 7.0 does", "[kv][process]") {
+    const std::string set_time = "-ERR invalid expire time in 'set' command\r\n";
+    const std::string expire_time = "-ERR invalid expire time in 'expire' command\r\n";
+    const std::string nx_conflict =
+        "-ERR NX and XX, GT or LT options at the same time are not compatible\r\n";
+    check_cases({
+        {"PING x y z", "PING x y z\r\nPING x\r\n",
+         "-ERR wrong number of arguments for 'ping' command\r\n$1\r\nx\r\n"},
+        {"SET GET",
+         commands({{"SET", "k", "v", "GET"},
+                   {"SET", "k", "w", "GET"},
+                   {"SET", "nx1", "v", "NX", "GET"},
+                   {"SET", "k", "z", "NX", "GET"},
+                   {"GET", "k"},
+                   {"SET", "k", "v", "GET", "GET"}}),
+         "$-1\r\n$1\r\nv\r\n$-1\r\n$1\r\nw\r\n$1\r\nw\r\n$1\r\nw\r\n"},
+        {"SET EXAT and PXAT",
+         commands({{"SET", "k", "v", "PXAT", "1"},
+                   {"GET", "k"},
+                   {"SET", "k", "v", "EXAT", "99999999999"},
+                   {"EXPIRETIME", "k"},
+                   {"SET", "k", "v", "PXAT", "99999999999999"},
+                   {"PEXPIRETIME", "k"},
+                   {"SET", "k", "w", "KEEPTTL"},
+                   {"PEXPIRETIME", "k"},
+                   {"SET", "k", "v"},
+                   {"PEXPIRETIME", "k"}}),
+         "+OK\r\n$-1\r\n+OK\r\n:99999999999\r\n+OK\r\n:99999999999999\r\n+OK\r\n"
+         ":99999999999999\r\n+OK\r\n:-1\r\n"},
+        {"SET's invalid times and conflicts",
+         commands({{"SET", "k", "v", "EX", "0"},
+                   {"SET", "k", "v", "PX", "-1"},
+                   {"SET", "k", "v", "EXAT", "0"},
+                   {"SET", "k", "v", "EX", "9223372036854776"},
+                   {"SET", "k", "v", "PX", "9223372036854775807"},
+                   {"SET", "k", "v", "EX", "1", "PX", "1"},
+                   {"SET", "k", "v", "KEEPTTL", "EX", "1"},
+                   {"SET", "k", "v", "EX"},
+                   {"SET", "k", "v", "EXAT", "x"}}),
+         set_time + set_time + set_time + set_time + set_time +
+             "-ERR syntax error\r\n-ERR syntax error\r\n-ERR syntax error\r\n"
+             "-ERR value is not an integer or out of range\r\n"},
+        {"EXPIRE's option conflicts",
+         commands({{"SET", "k", "v"},
+                   {"EXPIRE", "k", "100", "NX", "XX"},
+                   {"EXPIRE", "k", "100", "GT", "LT"},
+                   {"EXPIRE", "k", "100", "NX", "GT"},
+                   {"EXPIRE", "k", "100", "foo"},
+                   {"EXPIRE", "k", "abc", "foo"},
+                   {"EXPIRE", "k", "abc"}}),
+         "+OK\r\n" + nx_conflict +
+             "-ERR GT and LT options at the same time are not compatible\r\n" + nx_conflict +
+             "-ERR Unsupported option foo\r\n-ERR Unsupported option foo\r\n"
+             "-ERR value is not an integer or out of range\r\n"},
+        {"EXPIRE NX, XX, GT, LT (no expiry is an infinite one)",
+         commands({{"SET", "k", "v"},
+                   {"PEXPIREAT", "k", "99999999999000", "XX"},
+                   {"PEXPIREAT", "k", "99999999999000", "GT"},
+                   {"PEXPIREAT", "k", "99999999999000", "LT"},
+                   {"PEXPIRETIME", "k"},
+                   {"PEXPIREAT", "k", "99999999999001", "GT"},
+                   {"PEXPIREAT", "k", "99999999999000", "GT"},
+                   {"PEXPIREAT", "k", "99999999999002", "LT"},
+                   {"PEXPIREAT", "k", "99999999998000", "LT"},
+                   {"PEXPIREAT", "k", "99999999997000", "NX"},
+                   {"PEXPIREAT", "k", "99999999997000", "XX"},
+                   {"EXPIRETIME", "k"},
+                   {"EXPIRE", "missing", "1", "XX"}}),
+         "+OK\r\n:0\r\n:0\r\n:1\r\n:99999999999000\r\n:1\r\n:0\r\n:0\r\n:1\r\n:0\r\n:1\r\n"
+         ":99999999997\r\n:0\r\n"},
+        {"a negative EXPIRE with LT deletes",
+         commands({{"SET", "k", "v"},
+                   {"EXPIRE", "k", "-1", "LT"},
+                   {"EXISTS", "k"},
+                   {"SET", "k", "v", "EX", "100"},
+                   {"EXPIRE", "k", "-1", "LT"},
+                   {"EXISTS", "k"},
+                   {"SET", "k", "v"},
+                   {"PEXPIREAT", "k", "-5"},
+                   {"EXISTS", "k"}}),
+         "+OK\r\n:1\r\n:0\r\n+OK\r\n:1\r\n:0\r\n+OK\r\n:1\r\n:0\r\n"},
+        {"EXPIRE overflow",
+         commands({{"EXPIRE", "foo", "9223370399119966"},
+                   {"SET", "foo", "1"},
+                   {"EXPIRE", "foo", "9223370399119966"},
+                   {"EXPIRE", "foo", "9223372036854775807"},
+                   {"EXPIRE", "foo", "-9223372036854775808"},
+                   {"PEXPIRE", "foo", "9223372036854775807"},
+                   {"EXPIREAT", "foo", "9223372036854775807"},
+                   {"PEXPIREAT", "foo", "9223372036854775807"},
+                   {"PEXPIRETIME", "foo"},
+                   {"EXPIRETIME", "foo"}}),
+         expire_time + "+OK\r\n" + expire_time + expire_time + expire_time +
+             "-ERR invalid expire time in 'pexpire' command\r\n"
+             "-ERR invalid expire time in 'expireat' command\r\n"
+             ":1\r\n:9223372036854775807\r\n:9223372036854776\r\n"},
+    });
+}
+
+TEST_CASE("kv's added string commands answer as Redis 7.0 does, errors and overflow included",
+          "[kv][process]") {
+    const std::string not_integer = "-ERR value is not an integer or out of range\r\n";
+    const std::string overflow = "-ERR increment or decrement would overflow\r\n";
+    const std::string not_float = "-ERR value is not a valid float\r\n";
+    check_cases({
+        {"SETNX SETEX PSETEX",
+         commands({{"SETNX", "a", "1"},
+                   {"SETNX", "a", "2"},
+                   {"GET", "a"},
+                   {"SETEX", "a", "0", "x"},
+                   {"SETEX", "a", "-1", "x"},
+                   {"SETEX", "a", "x", "x"},
+                   {"SETEX", "a", "9223372036854776", "x"},
+                   {"PSETEX", "a", "0", "y"},
+                   {"SETEX", "a"},
+                   {"SETNX", "a"}}),
+         ":1\r\n:0\r\n$1\r\n1\r\n-ERR invalid expire time in 'setex' command\r\n"
+         "-ERR invalid expire time in 'setex' command\r\n" +
+             not_integer +
+             "-ERR invalid expire time in 'setex' command\r\n"
+             "-ERR invalid expire time in 'psetex' command\r\n"
+             "-ERR wrong number of arguments for 'setex' command\r\n"
+             "-ERR wrong number of arguments for 'setnx' command\r\n"},
+        {"GETSET drops the expiry, GETDEL deletes",
+         commands({{"SET", "a", "y", "PXAT", "99999999999999"},
+                   {"GETSET", "a", "z"},
+                   {"TTL", "a"},
+                   {"GETSET", "nope", "z"},
+                   {"GETDEL", "nope2"},
+                   {"GETDEL", "a"},
+                   {"GETDEL", "a"},
+                   {"GETDEL"}}),
+         "+OK\r\n$1\r\ny\r\n:-1\r\n$-1\r\n$-1\r\n$1\r\nz\r\n$-1\r\n"
+         "-ERR wrong number of arguments for 'getdel' command\r\n"},
+        {"GETEX",
+         commands({{"SET", "g", "v"},
+                   {"GETEX", "g"},
+                   {"GETEX", "g", "PXAT", "99999999999999"},
+                   {"PEXPIRETIME", "g"},
+                   {"GETEX", "g", "PERSIST"},
+                   {"TTL", "g"},
+                   {"GETEX", "g", "EX", "0"},
+                   {"GETEX", "g", "EX", "100", "PX", "100"},
+                   {"GETEX", "g", "PERSIST", "EX", "1"},
+                   {"GETEX", "g", "NX"},
+                   {"GETEX", "g", "EX"},
+                   {"GETEX", "nope", "EX", "0"},
+                   {"GETEX", "g", "EXAT", "1"},
+                   {"EXISTS", "g"}}),
+         "+OK\r\n$1\r\nv\r\n$1\r\nv\r\n:99999999999999\r\n$1\r\nv\r\n:-1\r\n"
+         "-ERR invalid expire time in 'getex' command\r\n-ERR syntax error\r\n"
+         "-ERR syntax error\r\n-ERR syntax error\r\n-ERR syntax error\r\n$-1\r\n$1\r\nv\r\n"
+         ":0\r\n"},
+        {"APPEND STRLEN GETRANGE",
+         commands({{"APPEND", "ap", "ab"},
+                   {"APPEND", "ap", "cd"},
+                   {"STRLEN", "ap"},
+                   {"STRLEN", "nope"},
+                   {"GETRANGE", "ap", "0", "-1"},
+                   {"GETRANGE", "ap", "1", "2"},
+                   {"GETRANGE", "ap", "-2", "-1"},
+                   {"GETRANGE", "ap", "-1", "-2"},
+                   {"GETRANGE", "ap", "5", "10"},
+                   {"GETRANGE", "ap", "-100", "100"},
+                   {"GETRANGE", "nope", "0", "-1"},
+                   {"GETRANGE", "ap", "a", "1"},
+                   {"SET", "e", ""},
+                   {"GETRANGE", "e", "0", "-1"},
+                   {"GETRANGE", "ap", "0", "9223372036854775807"}}),
+         ":2\r\n:4\r\n:4\r\n:0\r\n$4\r\nabcd\r\n$2\r\nbc\r\n$2\r\ncd\r\n$0\r\n\r\n$0\r\n\r\n"
+         "$4\r\nabcd\r\n$0\r\n\r\n" +
+             not_integer + "+OK\r\n$0\r\n\r\n$4\r\nabcd\r\n"},
+        {"SETRANGE",
+         commands({{"SET", "ap", "abcd"},
+                   {"SETRANGE", "ap", "1", "XY"},
+                   {"GET", "ap"},
+                   {"SETRANGE", "ap", "6", "Z"},
+                   {"GET", "ap"},
+                   {"SETRANGE", "sr", "2", "Q"},
+                   {"GET", "sr"},
+                   {"SETRANGE", "sr2", "5", ""},
+                   {"EXISTS", "sr2"},
+                   {"SETRANGE", "ap", "100", ""},
+                   {"SETRANGE", "ap", "-1", "x"},
+                   {"SETRANGE", "ap", "536870911", "xx"},
+                   {"APPEND", "ap", std::string(10, 'x')},
+                   {"SETRANGE", "ap", "x", "x"}}),
+         "+OK\r\n:4\r\n$4\r\naXYd\r\n:7\r\n$7\r\naXYd\0\0Z\r\n:3\r\n$3\r\n\0\0Q\r\n:0\r\n:0\r\n"
+         ":7\r\n-ERR offset is out of range\r\n"
+         "-ERR string exceeds maximum allowed size (proto-max-bulk-len)\r\n:17\r\n"s +
+             not_integer},
+        {"MSETNX",
+         commands({{"MSETNX", "m1", "a", "m2", "b"},
+                   {"MSETNX", "m2", "c", "m3", "d"},
+                   {"MGET", "m1", "m2", "m3"},
+                   {"MSETNX", "m1", "a", "m2"}}),
+         ":1\r\n:0\r\n*3\r\n$1\r\na\r\n$1\r\nb\r\n$-1\r\n"
+         "-ERR wrong number of arguments for 'msetnx' command\r\n"},
+        {"INCRBY DECRBY and their overflow",
+         commands({{"INCRBY", "n", "5"},
+                   {"INCRBY", "n", "-10"},
+                   {"DECRBY", "n", "3"},
+                   {"DECRBY", "n", "-9223372036854775808"},
+                   {"INCRBY", "n", "x"},
+                   {"INCRBY", "n", "9223372036854775808"},
+                   {"SET", "big", "9223372036854775800"},
+                   {"INCRBY", "big", "8"},
+                   {"INCRBY", "big", "7"},
+                   {"DECRBY", "n", "9223372036854775807"},
+                   {"DECRBY", "n", "1"},
+                   {"DECRBY", "n", "9223372036854775807"},
+                   {"SET", "s", "1.5"},
+                   {"INCRBY", "s", "1"}}),
+         ":5\r\n:-5\r\n:-8\r\n-ERR decrement would overflow\r\n" + not_integer + not_integer +
+             "+OK\r\n" + overflow + ":9223372036854775807\r\n" + overflow + ":-9\r\n" + overflow +
+             "+OK\r\n" + not_integer},
+        {"INCRBYFLOAT, and never to inf or NaN",
+         commands({{"INCRBYFLOAT", "f", "1.5"},
+                   {"INCRBYFLOAT", "f", "0.1"},
+                   {"INCRBYFLOAT", "f", "-1.6"},
+                   {"INCRBYFLOAT", "f", "1e10"},
+                   {"INCRBYFLOAT", "f", "abc"},
+                   {"INCRBYFLOAT", "f", " 1"},
+                   {"INCRBYFLOAT", "f", "inf"},
+                   {"INCRBYFLOAT", "f", "nan"},
+                   {"SET", "f", "1e4932"},
+                   {"INCRBYFLOAT", "f", "1e4932"},
+                   {"SET", "f", "5"},
+                   {"INCRBYFLOAT", "f", "0x10"},
+                   {"INCRBYFLOAT", "f", "+1"},
+                   {"INCRBYFLOAT", "f", ".5"},
+                   {"INCRBYFLOAT", "f", "3.0e3"},
+                   {"SET", "f", "abc"},
+                   {"INCRBYFLOAT", "f", "1"},
+                   {"INCRBYFLOAT", "g", "-0"},
+                   {"INCRBYFLOAT", "h", "1e5000"},
+                   {"SET", "e", "1", "PXAT", "99999999999999"},
+                   {"INCRBYFLOAT", "e", "0.25"},
+                   {"PEXPIRETIME", "e"}}),
+         "$3\r\n1.5\r\n$3\r\n1.6\r\n$1\r\n0\r\n$11\r\n10000000000\r\n" + not_float + not_float +
+             "-ERR increment would produce NaN or Infinity\r\n" + not_float + "+OK\r\n" +
+             "-ERR increment would produce NaN or Infinity\r\n" +
+             "+OK\r\n$2\r\n21\r\n$2\r\n22\r\n$4\r\n22.5\r\n$6\r\n3022.5\r\n+OK\r\n" + not_float +
+             "$1\r\n0\r\n" + not_float + "+OK\r\n$4\r\n1.25\r\n:99999999999999\r\n"},
+    });
+}
+
+TEST_CASE("kv's added key and server commands answer as Redis 7.0 does", "[kv][process]") {
+    check_cases({
+        {"TYPE PERSIST PTTL EXPIRETIME",
+         commands({{"TYPE", "nope"},
+                   {"SET", "t", "v"},
+                   {"TYPE", "t"},
+                   {"PERSIST", "t"},
+                   {"PEXPIREAT", "t", "99999999999999"},
+                   {"PERSIST", "t"},
+                   {"PERSIST", "nope"},
+                   {"PTTL", "nope"},
+                   {"PTTL", "t"},
+                   {"EXPIRETIME", "t"},
+                   {"EXPIRETIME", "nope"},
+                   {"PEXPIRETIME", "nope"}}),
+         "+none\r\n+OK\r\n+string\r\n:0\r\n:1\r\n:1\r\n:0\r\n:-2\r\n:-1\r\n:-1\r\n:-2\r\n:-2\r\n"},
+        {"RENAME RENAMENX keep the expiry",
+         commands({{"MSET", "a", "1", "b", "2", "c", "3"},
+                   {"RENAME", "a", "z"},
+                   {"RENAME", "nope", "z"},
+                   {"RENAMENX", "nope", "z"},
+                   {"RENAMENX", "z", "b"},
+                   {"RENAMENX", "z", "y"},
+                   {"RENAME", "y", "y"},
+                   {"RENAMENX", "y", "y"},
+                   {"RENAME", "q", "q"},
+                   {"PEXPIREAT", "y", "99999999999999"},
+                   {"RENAME", "y", "b"},
+                   {"PEXPIRETIME", "b"},
+                   {"MGET", "a", "b", "y", "z"}}),
+         "+OK\r\n+OK\r\n-ERR no such key\r\n-ERR no such key\r\n:0\r\n:1\r\n+OK\r\n:0\r\n"
+         "-ERR no such key\r\n:1\r\n+OK\r\n:99999999999999\r\n*4\r\n$-1\r\n$1\r\n1\r\n$-1\r\n"
+         "$-1\r\n"},
+        {"RANDOMKEY SELECT FLUSHDB",
+         commands({{"RANDOMKEY"},
+                   {"SET", "only", "1"},
+                   {"RANDOMKEY"},
+                   {"SELECT", "0"},
+                   {"SELECT", "1"},  // Redis has 16 databases, kv 1
+                   {"SELECT", "-1"},
+                   {"SELECT", "x"},
+                   {"SELECT", "99999999999"},
+                   {"FLUSHDB", "x"},
+                   {"FLUSHDB", "sync", "x"},
+                   {"FLUSHDB", "ASYNC"},
+                   {"RANDOMKEY"},
+                   {"SET", "k", "v"},
+                   {"FLUSHDB"},
+                   {"DBSIZE"}}),
+         "$-1\r\n+OK\r\n$4\r\nonly\r\n+OK\r\n-ERR DB index is out of range\r\n"
+         "-ERR DB index is out of range\r\n-ERR value is not an integer or out of range\r\n"
+         "-ERR value is out of range, value must between -2147483648 and 2147483647\r\n"
+         "-ERR syntax error\r\n-ERR syntax error\r\n+OK\r\n$-1\r\n+OK\r\n+OK\r\n:0\r\n"},
+        {"KEYS and SCAN's MATCH use Redis's glob",
+         commands({{"MSET", "hello", "1", "hallo", "2", "hxllo", "3", "hllo", "4", "heeeello", "5",
+                    "a*b", "6"},
+                   {"KEYS", "h[a-b]llo"},
+                   {"KEYS", "a\\*b"},
+                   {"KEYS", "nomatch*"},
+                   {"KEYS", "h[^ae]llo"},
+                   {"SCAN", "0", "COUNT", "100", "TYPE", "string", "MATCH", "a*"},
+                   {"SCAN", "0", "COUNT", "100", "MATCH", "hee*"},
+                   {"SCAN", "0", "TYPE", "list"},
+                   // Redis's answer since its fix for CVE-2024-31228: no match, no crash.
+                   {"SET", std::string(50000, 'a'), "1"},
+                   {"KEYS",
+                    [] {
+                        std::string stars;
+                        for (int i = 0; i < 50000; ++i) stars += "*?";
+                        return stars;
+                    }()},
+                   {"KEYS"}}),
+         "+OK\r\n*1\r\n$5\r\nhallo\r\n*1\r\n$3\r\na*b\r\n*0\r\n*1\r\n$5\r\nhxllo\r\n"
+         "*2\r\n$1\r\n0\r\n*1\r\n$3\r\na*b\r\n*2\r\n$1\r\n0\r\n*1\r\n$8\r\nheeeello\r\n"
+         "*2\r\n$1\r\n0\r\n*0\r\n+OK\r\n*0\r\n"
+         "-ERR wrong number of arguments for 'keys' command\r\n"},
+        {"SCAN's argument errors",
+         commands({{"SCAN", "0", "COUNT", "0"},
+                   {"SCAN", "x"},
+                   {"SCAN", "-1"},
+                   {"SCAN", " 1"},
+                   {"SCAN", "0", "MATCH"},
+                   {"SCAN", "0", "FOO", "1"},
+                   {"SCAN", "0", "COUNT", "x"},
+                   {"SCAN", "18446744073709551616"}}),
+         "-ERR syntax error\r\n-ERR invalid cursor\r\n*2\r\n$1\r\n0\r\n*0\r\n"
+         "-ERR invalid cursor\r\n-ERR syntax error\r\n-ERR syntax error\r\n"
+         "-ERR value is not an integer or out of range\r\n-ERR invalid cursor\r\n"},
+        {"TIME INFO HELLO errors",
+         commands({{"TIME", "x"},
+                   {"SELECT"},
+                   {"HELLO", "3"},  // Redis speaks RESP3, kv not
+                   {"HELLO", "4"},
+                   {"HELLO", "x"},
+                   {"HELLO", "2", "FOO"},
+                   {"HELLO", "2", "SETNAME", "my name"},
+                   {"HELLO", "2", "AUTH", "bob", "x"},
+                   {"INFO", "nosuch"}}),
+         "-ERR wrong number of arguments for 'time' command\r\n"
+         "-ERR wrong number of arguments for 'select' command\r\n"
+         "-NOPROTO unsupported protocol version\r\n-NOPROTO unsupported protocol version\r\n"
+         "-ERR Protocol version is not an integer or out of range\r\n"
+         "-ERR Syntax error in HELLO option 'FOO'\r\n"
+         "-ERR Client names cannot contain spaces, newlines or special characters.\r\n"
+         "-WRONGPASS invalid username-password pair or user is disabled.\r\n$0\r\n\r\n"},
+    });
+}
+
+TEST_CASE("python3-redis's client gets Redis's answers from kv, SCAN under churn included",
+          "[kv][process]") {
+    // Debian's python3-redis installs for Debian's python3; prefer it to another one on PATH.
+    auto python = ::access("/usr/bin/python3", X_OK) == 0 ? std::string("/usr/bin/python3")
+                                                          : require_tool("python3");
+    const char* source = std::getenv("NETLOOP_SOURCE_DIR");
+    REQUIRE(source != nullptr);
+    scratch_dir dir;
+    auto probe = run_tool(dir, {python, "-c", "import redis"});
+    if (probe.status != 0) {
+        FAIL(
+            "python3 cannot import redis: install the Debian package python3-redis "
+            "(apt-get install -y python3-redis; the setup script does)\n"
+            << probe.output);
+    }
+    kv_process kv(dir);
+    REQUIRE(kv.port() != 0);
+    auto r = run_tool(dir, {python, std::string(source) + "/test/kv_compat.py", kv.port_text()});
+    INFO(r.output);
+    CHECK(r.status == 0);
+    CHECK(r.output == "ok\n");
+    CHECK(kv.stop());
+    CHECK(kv.errors().empty());
+}
+
+TEST_CASE("kv answers redis-cli's added commands: SETEX, GETEX, INCRBYFLOAT, --scan, INFO, HELLO",
+          "[kv][process]") {
+    auto cli = require_tool("redis-cli");
+    scratch_dir dir;
+    kv_process kv(dir);
+    REQUIRE(kv.port() != 0);
+    auto redis = [&](std::vector<std::string> args) {
+        args.insert(args.begin(), {cli, "-h", "127.0.0.1", "-p", kv.port_text()});
+        auto r = run_tool(dir, args);
+        CHECK(r.status == 0);
+        return r.output;
+    };
+    CHECK(redis({"SETEX", "s", "100", "v"}) == "OK\n");
+    CHECK(redis({"GETEX", "s", "PXAT", "99999999999999"}) == "v\n");
+    CHECK(redis({"PEXPIRETIME", "s"}) == "99999999999999\n");
+    CHECK(redis({"SET", "s", "w", "GET", "KEEPTTL"}) == "v\n");
+    CHECK(redis({"EXPIRE", "s", "100", "NX"}) == "0\n");
+    CHECK(redis({"INCRBYFLOAT", "f", "10.5"}) == "10.5\n");
+    CHECK(redis({"INCRBYFLOAT", "f", "-0.25"}) == "10.25\n");
+    CHECK(redis({"APPEND", "f", "x"}) == "6\n");
+    CHECK(redis({"GETRANGE", "f", "0", "1"}) == "10\n");
+    CHECK(redis({"TYPE", "f"}) == "string\n");
+    CHECK(redis({"RENAME", "f", "g"}) == "OK\n");
+    CHECK(redis({"PING", "x", "y"}) == "ERR wrong number of arguments for 'ping' command\n\n");
+    CHECK(redis({"SELECT", "1"}) == "ERR DB index is out of range\n\n");
+    CHECK(redis({"HELLO", "3"}) == "NOPROTO unsupported protocol version\n\n");
+    CHECK(redis({"HELLO", "2"}).find("proto\n2\n") != std::string::npos);
+    auto time = redis({"TIME"});
+    CHECK(std::count(time.begin(), time.end(), '\n') == 2);
+    auto info = redis({"INFO", "server"});
+    CHECK(info.find("redis_version:7.") != std::string::npos);
+    CHECK(info.find("tcp_port:" + kv.port_text() + "\r\n") != std::string::npos);
+    CHECK(redis({"INFO", "clients"}).find("connected_clients:1\r\n") != std::string::npos);
+
+    // --scan walks the whole keyspace with SCAN's cursor.
+    CHECK(redis({"FLUSHDB"}) == "OK\n");
+    std::vector<std::string> mset{"MSET"};
+    for (int i = 0; i < 500; ++i) {
+        mset.push_back("user:" + std::to_string(i));
+        mset.push_back("v");
+        mset.push_back("other:" + std::to_string(i));
+        mset.push_back("v");
+    }
+    CHECK(redis(mset) == "OK\n");
+    auto scanned = redis({"--scan", "--pattern", "user:*"});
+    std::vector<std::string> lines;
+    std::istringstream in(scanned);
+    for (std::string line; std::getline(in, line);) lines.push_back(line);
+    std::sort(lines.begin(), lines.end());
+    std::vector<std::string> expected;
+    for (int i = 0; i < 500; ++i) expected.push_back("user:" + std::to_string(i));
+    std::sort(expected.begin(), expected.end());
+    CHECK(lines == expected);
+    CHECK(kv.stop());
+    CHECK(kv.errors().empty());
 }

@@ -32,8 +32,12 @@ void check(std::string_view in, const resp::request& r, outcome& out) {
             expect(r.consumed > 0 && r.consumed <= in.size());
             expect(r.args.size() <= resp::max_arguments);
             for (auto arg : r.args) {
-                expect(arg.data() >= in.data() &&
-                       arg.data() + arg.size() <= in.data() + r.consumed);
+                // A view into the request's bytes, or into its own unquoted copy of them.
+                bool in_input =
+                    arg.data() >= in.data() && arg.data() + arg.size() <= in.data() + r.consumed;
+                bool in_unquoted = !r.unquoted.empty() && arg.data() >= r.unquoted.data() &&
+                                   arg.data() + arg.size() <= r.unquoted.data() + r.unquoted.size();
+                expect(in_input || in_unquoted || arg.empty());
             }
             if (!r.args.empty()) out.commands.emplace_back(r.args.begin(), r.args.end());
             break;
