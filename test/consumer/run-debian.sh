@@ -34,6 +34,8 @@ if grep -q '^E: ' "$work/lintian.log"; then
     cat "$work/lintian.log"
     exit 1
 fi
+echo "lintian (no errors):"
+grep -v '^running with root privileges' "$work/lintian.log" || true
 
 root="$work/root"
 for deb in "$work"/*.deb; do
