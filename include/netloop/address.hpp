@@ -7,6 +7,7 @@
 #include <string_view>
 
 #include <netloop/detail/asio.hpp>
+#include <netloop/export.hpp>
 
 namespace netloop {
 
@@ -18,7 +19,7 @@ struct address_access;
 ///
 /// IPv4-mapped IPv6 addresses (`::ffff:127.0.0.1`) are normalised to IPv4, so a peer reads the
 /// same whether the server listens on a dual-stack or an IPv4 socket.
-class address {
+class NETLOOP_API address {
 public:
     /// `0.0.0.0:0`.
     address() = default;

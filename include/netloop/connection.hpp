@@ -15,6 +15,7 @@
 #include <vector>
 
 #include <netloop/address.hpp>
+#include <netloop/export.hpp>
 #include <netloop/loop.hpp>
 #include <netloop/task.hpp>
 #include <netloop/tls.hpp>
@@ -41,7 +42,7 @@ struct peer_credentials {
 /// read or a write cancels that operation in the kernel-facing layer and throws `error` with
 /// `errc::cancelled`; the connection stays usable. The destructor calls `close()`.
 /// Thread safety: the loop's thread only.
-class connection {
+class NETLOOP_API connection {
 public:
     connection(connection&&) noexcept;
     connection& operator=(connection&&) noexcept;
@@ -182,8 +183,8 @@ private:
 /// Throws `error` with `errc::connect_failed` (with errno, e.g. ECONNREFUSED) if the connect
 /// fails, `errc::timeout` if it does not complete within `timeout`, `errc::cancelled` if the
 /// awaiting task is cancelled.
-[[nodiscard]] task<connection> connect(const address& to, duration timeout,
-                                       loop& l = loop::current());
+[[nodiscard]] NETLOOP_API task<connection> connect(const address& to, duration timeout,
+                                                   loop& l = loop::current());
 
 /// Connects to `to`, then performs a TLS handshake as a client of `tls`; `timeout` bounds both.
 /// The server's certificate is verified (unless `tls.set_verify_peer(false)`) for
@@ -192,8 +193,9 @@ private:
 ///
 /// Throws as `connect()`, and `error` with `errc::tls_failed` (OpenSSL's reason in `what()`,
 /// e.g. "certificate verify failed") if the handshake fails.
-[[nodiscard]] task<connection> connect(const address& to, const tls_context& tls, duration timeout,
-                                       std::string server_name = {}, loop& l = loop::current());
+[[nodiscard]] NETLOOP_API task<connection> connect(const address& to, const tls_context& tls,
+                                                   duration timeout, std::string server_name = {},
+                                                   loop& l = loop::current());
 
 /// Resolves `host` (a name such as "localhost", or an IP literal) with Asio's resolver and
 /// returns its addresses with `port`, IPv6 and IPv4 as the system orders them.
@@ -201,17 +203,19 @@ private:
 /// Throws `error` with `errc::resolve_failed` (with the resolver's message) if the name does
 /// not resolve, `errc::timeout` after `timeout`, `errc::cancelled` if the awaiting task is
 /// cancelled; the lookup itself may finish in the background (getaddrinfo cannot be stopped).
-[[nodiscard]] task<std::vector<address>> resolve(std::string_view host, std::uint16_t port,
-                                                 duration timeout, loop& l = loop::current());
+[[nodiscard]] NETLOOP_API task<std::vector<address>> resolve(std::string_view host,
+                                                             std::uint16_t port, duration timeout,
+                                                             loop& l = loop::current());
 
 /// Connects to `"host:port"` (a name or `[v6]`/v4 literal), trying each resolved address in
 /// turn; `timeout` bounds the whole call. Throws as `resolve()` and `connect()`.
-[[nodiscard]] task<connection> connect(std::string_view host_and_port, duration timeout,
-                                       loop& l = loop::current());
+[[nodiscard]] NETLOOP_API task<connection> connect(std::string_view host_and_port, duration timeout,
+                                                   loop& l = loop::current());
 
 /// `connect("host:port")` over TLS: the certificate is verified for `host`, which is sent as
 /// SNI. Throws as both.
-[[nodiscard]] task<connection> connect(std::string_view host_and_port, const tls_context& tls,
-                                       duration timeout, loop& l = loop::current());
+[[nodiscard]] NETLOOP_API task<connection> connect(std::string_view host_and_port,
+                                                   const tls_context& tls, duration timeout,
+                                                   loop& l = loop::current());
 
 }  // namespace netloop

@@ -8,6 +8,7 @@
 #include <sys/types.h>
 #include <vector>
 
+#include <netloop/export.hpp>
 #include <netloop/loop.hpp>
 #include <netloop/server.hpp>
 #include <netloop/task.hpp>
@@ -23,17 +24,17 @@ namespace netloop {
 /// wrong: LISTEN_PID names another process, LISTEN_FDS is not a count, LISTEN_FDNAMES has
 /// another count, or an fd is not a listening stream socket (SO_ACCEPTCONN; IPv4, IPv6 or
 /// Unix). An adopted Unix socket's file belongs to whoever made it: `close()` leaves it.
-[[nodiscard]] std::vector<server> listen_activated(loop& l = loop::current());
+[[nodiscard]] NETLOOP_API std::vector<server> listen_activated(loop& l = loop::current());
 
 /// As above, with the listen options that apply to a socket made elsewhere: `tls` and
 /// `handshake_timeout` (the rest was decided by whoever made the socket).
-[[nodiscard]] std::vector<server> listen_activated(const listen_options& options,
-                                                   loop& l = loop::current());
+[[nodiscard]] NETLOOP_API std::vector<server> listen_activated(const listen_options& options,
+                                                               loop& l = loop::current());
 
 /// Sends `state` (e.g. "READY=1") to the service manager's NOTIFY_SOCKET (a path, or an
 /// abstract name starting with '@'). Returns false, doing nothing, when NOTIFY_SOCKET is unset;
 /// never blocks. Thread safety: safe from any thread.
-bool notify(std::string_view state) noexcept;
+NETLOOP_API bool notify(std::string_view state) noexcept;
 
 /// `notify("READY=1")`: the service is up (after `announce()`).
 inline bool notify_ready() noexcept { return notify("READY=1"); }
@@ -42,13 +43,13 @@ inline bool notify_ready() noexcept { return notify("READY=1"); }
 inline bool notify_stopping() noexcept { return notify("STOPPING=1"); }
 
 /// `notify("STATUS=<text>")`: a line for `systemctl status`.
-bool notify_status(std::string_view text) noexcept;
+NETLOOP_API bool notify_status(std::string_view text) noexcept;
 
 /// While awaited, sends `WATCHDOG=1` every half of WATCHDOG_USEC, from the loop — so a stuck
 /// loop stops the keep-alives and systemd restarts the service. Returns at once when no
 /// watchdog is asked of this process (WATCHDOG_USEC unset, or WATCHDOG_PID another process).
 /// Ends with `errc::cancelled` when the awaiting task is cancelled: spawn it.
-[[nodiscard]] task<> watchdog_keepalive();
+[[nodiscard]] NETLOOP_API task<> watchdog_keepalive();
 
 /// Starts `argv` (argv[0] a path) as a successor that inherits `servers`' listening sockets
 /// through the LISTEN_FDS protocol — it adopts them with `listen_activated()` — and waits, up
@@ -59,8 +60,8 @@ bool notify_status(std::string_view text) noexcept;
 ///
 /// Throws `error` with `errc::spawn_failed` if it cannot be started, exits, or is not ready
 /// in time (it is then killed).
-[[nodiscard]] task<pid_t> start_successor(std::vector<std::string> argv,
-                                          std::vector<const server*> servers,
-                                          duration ready_timeout);
+[[nodiscard]] NETLOOP_API task<pid_t> start_successor(std::vector<std::string> argv,
+                                                      std::vector<const server*> servers,
+                                                      duration ready_timeout);
 
 }  // namespace netloop

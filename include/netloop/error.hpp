@@ -8,6 +8,8 @@
 #include <system_error>
 #include <type_traits>
 
+#include <netloop/export.hpp>
+
 namespace netloop {
 
 /// What failed. The values of the `"netloop"` error category.
@@ -36,16 +38,16 @@ enum class errc {
 };
 
 /// The `"netloop"` error category.
-[[nodiscard]] const std::error_category& error_category() noexcept;
+[[nodiscard]] NETLOOP_API const std::error_category& error_category() noexcept;
 
 /// Makes an `std::error_code` of the `"netloop"` category, so `code == errc::timeout` works.
-[[nodiscard]] std::error_code make_error_code(errc e) noexcept;
+[[nodiscard]] NETLOOP_API std::error_code make_error_code(errc e) noexcept;
 
 /// The exception thrown by every netloop call that fails.
 ///
 /// `what()` reads `"<operation> <address>: <reason>"`, e.g.
 /// `bind 0.0.0.0:8080: Address already in use`. `code()` compares equal to the `errc`.
-class error : public std::system_error {
+class NETLOOP_API error : public std::system_error {
 public:
     /// `operation` names what failed ("bind 0.0.0.0:8080"); `sys_errno` is the raw errno of the
     /// failing system call, 0 where there is none.

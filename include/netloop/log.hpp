@@ -4,6 +4,8 @@
 
 #include <memory>
 
+#include <netloop/export.hpp>
+
 namespace spdlog {
 class logger;
 }
@@ -16,9 +18,9 @@ namespace netloop {
 /// and drain timeouts at warn, exceptions that escape a spawned task or a handler at error
 /// (an orderly end — EOF, cancellation — at debug). Without one, the library prints nothing.
 /// Thread safety: safe from any thread.
-void set_logger(std::shared_ptr<spdlog::logger> logger);
+NETLOOP_API void set_logger(std::shared_ptr<spdlog::logger> logger);
 
 /// The logger set by `set_logger`, or `nullptr`.
-[[nodiscard]] std::shared_ptr<spdlog::logger> logger() noexcept;
+[[nodiscard]] NETLOOP_API std::shared_ptr<spdlog::logger> logger() noexcept;
 
 }  // namespace netloop

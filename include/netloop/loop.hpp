@@ -11,6 +11,7 @@
 
 #include <asio/post.hpp>
 
+#include <netloop/export.hpp>
 #include <netloop/task.hpp>
 
 namespace netloop {
@@ -25,7 +26,7 @@ struct loop_access;
 /// Every netloop object belongs to one loop and is used from the thread that runs it;
 /// `server::close()` is the one call that is safe from any thread.
 /// Thread safety: `stop()` is safe from any thread; the rest belongs to the loop's thread.
-class loop {
+class NETLOOP_API loop {
 public:
     /// A new loop with its own `io_context`, tuned for one thread.
     loop();
@@ -85,7 +86,7 @@ private:
 /// An exception that escapes `t` is logged through the netloop logger (see `set_logger`) —
 /// `errc::connection_closed` and cancellation at debug, everything else at error — and never
 /// terminates the process. The task is cancelled when the `run()` that drives `l` finishes.
-void spawn(task<> t, loop& l = loop::current());
+NETLOOP_API void spawn(task<> t, loop& l = loop::current());
 
 /// How `run()` treats SIGINT and SIGTERM.
 struct run_options {
@@ -103,7 +104,7 @@ struct task_value<asio::awaitable<T, Executor>> {
     using type = T;
 };
 
-void run_task(loop& l, task<> t, const run_options& options);
+NETLOOP_API void run_task(loop& l, task<> t, const run_options& options);
 
 template <typename T>
 task<> store_result(task<T> t, std::optional<T>& out) {

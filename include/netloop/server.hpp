@@ -12,6 +12,7 @@
 
 #include <netloop/address.hpp>
 #include <netloop/connection.hpp>
+#include <netloop/export.hpp>
 #include <netloop/loop.hpp>
 #include <netloop/task.hpp>
 
@@ -37,7 +38,7 @@ struct server_stats {
 };
 
 /// The connections a server accepts, as an awaitable generator.
-class connection_stream {
+class NETLOOP_API connection_stream {
 public:
     /// Waits for the next connection.
     ///
@@ -140,7 +141,7 @@ using connection_handler = std::function<task<>(connection)>;
 ///
 /// Thread safety: `close()` is safe from any thread and any task; the rest belongs to the loop's
 /// thread. The destructor closes the socket.
-class server {
+class NETLOOP_API server {
 public:
     /// Listens on `port` on all interfaces (IPv6 dual-stack, or IPv4 where IPv6 is off).
     ///
@@ -214,6 +215,6 @@ private:
 
 /// Prints `listening on <address>` and a newline to stdout, and flushes: how tests and scripts
 /// learn the port.
-void announce(const server& s);
+NETLOOP_API void announce(const server& s);
 
 }  // namespace netloop

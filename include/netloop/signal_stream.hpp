@@ -5,6 +5,7 @@
 #include <initializer_list>
 #include <memory>
 
+#include <netloop/export.hpp>
 #include <netloop/loop.hpp>
 #include <netloop/task.hpp>
 
@@ -14,7 +15,7 @@ namespace netloop {
 ///
 /// The handlers are removed when the stream is destroyed. Signals that arrive while nobody
 /// awaits `next()` are queued, so none is lost. Thread safety: the loop's thread only.
-class signal_stream {
+class NETLOOP_API signal_stream {
 public:
     /// Starts watching `signals` on `l`.
     ///

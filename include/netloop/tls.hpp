@@ -9,6 +9,7 @@
 #include <vector>
 
 #include <netloop/config.hpp>
+#include <netloop/export.hpp>
 
 namespace netloop {
 
@@ -26,7 +27,7 @@ struct tls_access;
 ///
 /// When netloop is built without TLS (`NETLOOP_HAS_TLS` is 0), every factory throws `error`
 /// with `errc::invalid_argument`.
-class tls_context {
+class NETLOOP_API tls_context {
 public:
     /// No TLS.
     tls_context() noexcept = default;

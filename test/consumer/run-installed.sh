@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: MIT
-# Installs netloop into a temporary prefix, then builds the app against it through pkg-config:
-# once with a plain compiler command line, once with CMake's pkg_check_modules.
+# Installs netloop into a temporary prefix with Meson, then builds the app against it: with a
+# plain compiler command line (pkg-config), with CMake's pkg_check_modules, and with CMake's
+# find_package(netloop).
 set -euo pipefail
 src=$(cd "$1" && pwd)
 work=$(mktemp -d)
@@ -10,17 +11,5 @@ prefix="$work/prefix"
 meson setup "$work/build" "$src" --wrap-mode=nodownload --prefix="$prefix" --libdir=lib \
     -Dtests=disabled -Dbench=false >"$work/setup.log" 2>&1 || { cat "$work/setup.log"; exit 1; }
 ninja -C "$work/build" install >"$work/install.log" 2>&1 || { cat "$work/install.log"; exit 1; }
-export PKG_CONFIG_PATH="$prefix/lib/pkgconfig"
-export LD_LIBRARY_PATH="$prefix/lib"
-
-# shellcheck disable=SC2046 # word splitting of pkg-config's flags is intended
-c++ -std=c++20 -Wall -Wextra -Werror "$src/test/consumer/app.cpp" -o "$work/app-pkgconfig" \
-    $(pkg-config --cflags --libs netloop)
-timeout 30 "$work/app-pkgconfig"
-
-mkdir -p "$work/cmake/installed"
-cp "$src/test/consumer/app.cpp" "$work/cmake/"
-cp "$src/test/consumer/installed/CMakeLists.txt" "$work/cmake/installed/"
-cmake -S "$work/cmake/installed" -B "$work/cmake-build" >"$work/cmake.log" 2>&1 || { cat "$work/cmake.log"; exit 1; }
-cmake --build "$work/cmake-build" >>"$work/cmake.log" 2>&1 || { cat "$work/cmake.log"; exit 1; }
-timeout 30 "$work/cmake-build/app"
+"$src/test/consumer/consume.sh" "$src" "$work" "$prefix" "$prefix/lib" \
+    pkg-config cmake-pkg-config find-package
