@@ -6,6 +6,7 @@
 #include <string>
 #include <string_view>
 
+#include <netloop/export.hpp>
 #include <netloop/server.hpp>
 
 namespace netloop {
@@ -35,13 +36,13 @@ struct metrics_options {
 /// | `netloop_draining` | gauge | `options.draining` (0 or 1) |
 ///
 /// Safe from any thread (it only reads `stats`).
-[[nodiscard]] std::string render_metrics(const server_stats& stats,
-                                         const metrics_options& options = {});
+[[nodiscard]] NETLOOP_API std::string render_metrics(const server_stats& stats,
+                                                     const metrics_options& options = {});
 
 /// As above, for figures kept per loop (`serve_options::threads`): with more than one element,
 /// each metric has one sample per loop, labelled `loop="0"`, `loop="1"`, ... (a scraper sums
 /// them); with one, the samples carry no `loop` label. `netloop_draining` is the server's, once.
-[[nodiscard]] std::string render_metrics(std::span<const server_stats> per_loop,
-                                         const metrics_options& options = {});
+[[nodiscard]] NETLOOP_API std::string render_metrics(std::span<const server_stats> per_loop,
+                                                     const metrics_options& options = {});
 
 }  // namespace netloop

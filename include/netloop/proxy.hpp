@@ -10,6 +10,7 @@
 #include <vector>
 
 #include <netloop/address.hpp>
+#include <netloop/export.hpp>
 
 namespace netloop {
 
@@ -29,7 +30,7 @@ enum class proxy_protocol {
 /// an IPv4-mapped IPv6 address (a dual-stack socket's view of an IPv4 client) matches IPv4
 /// networks; an IPv6 network matches IPv4 addresses through their mapped form, so `::/0` is
 /// every IP address.
-class network {
+class NETLOOP_API network {
 public:
     /// `0.0.0.0/0`: every IPv4 address.
     network() = default;
@@ -66,12 +67,13 @@ private:
 ///
 /// Throws `error` with `errc::invalid_address` if the list is empty, an item is empty, or an item
 /// is not a network (see `network::parse`).
-[[nodiscard]] std::vector<network> parse_networks(std::string_view list);
+[[nodiscard]] NETLOOP_API std::vector<network> parse_networks(std::string_view list);
 
 /// True if any of `networks` contains `a`.
-[[nodiscard]] bool contains(std::span<const network> networks, const address& a) noexcept;
+[[nodiscard]] NETLOOP_API bool contains(std::span<const network> networks,
+                                        const address& a) noexcept;
 
 /// `127.0.0.0/8` and `::1/128`: the loopback networks, a safe default list of trusted sources.
-[[nodiscard]] std::vector<network> loopback_networks();
+[[nodiscard]] NETLOOP_API std::vector<network> loopback_networks();
 
 }  // namespace netloop
