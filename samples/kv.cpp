@@ -17,7 +17,6 @@
 #include <cstring>
 #include <exception>
 #include <functional>
-#include <iostream>
 #include <limits>
 #include <map>
 #include <optional>
@@ -514,17 +513,13 @@ netloop::task<> remove_expired_keys(store& db) {
 
 int main(int argc, char** argv) {
     store db;  // outlives run(), so no client task can see it destroyed
-    try {
-        return netloop::run([&]() -> netloop::task<> {
-            auto at = netloop::address::parse(argc > 1 ? argv[1] : "127.0.0.1:6379");
-            auto server = netloop::server::listen(at);
-            netloop::announce(server);
-            netloop::spawn(remove_expired_keys(db));
-            auto conns = server.connections();
-            while (auto conn = co_await conns.next()) netloop::spawn(client(std::move(*conn), db));
-        });
-    } catch (const std::exception& e) {
-        std::cerr << "kv: " << e.what() << '\n';
-        return 1;
-    }
+    // A startup error (a bad address, the port in use) is "kv: <what>" on stderr and status 1.
+    return netloop::run([&]() -> netloop::task<> {
+        auto at = netloop::address::parse(argc > 1 ? argv[1] : "127.0.0.1:6379");
+        auto server = netloop::server::listen(at);
+        netloop::announce(server);
+        netloop::spawn(remove_expired_keys(db));
+        auto conns = server.connections();
+        while (auto conn = co_await conns.next()) netloop::spawn(client(std::move(*conn), db));
+    });
 }
