@@ -169,7 +169,8 @@ int main(int argc, char** argv) {
     double cpu_end = 0;
     clock_type::time_point measure_start;
     clock_type::time_point measure_end;
-    netloop::run([&]() -> netloop::task<> {
+    // A failure (the server gone, say) is one line on stderr and status 1, with no RESULT line.
+    int status = netloop::run([&]() -> netloop::task<> {
         auto start = clock_type::now();
         auto window_start = start + std::chrono::duration_cast<clock_type::duration>(
                                         std::chrono::duration<double>(o.warmup));
@@ -193,6 +194,7 @@ int main(int argc, char** argv) {
             co_await timer.async_wait(asio::use_awaitable);
         }
     });
+    if (status != 0) return status;
     double seconds = std::chrono::duration<double>(measure_end - measure_start).count();
     double server_cpu = cpu_end - cpu_start;
     double msgs_per_s = seconds > 0 ? static_cast<double>(t.messages) / seconds : 0;

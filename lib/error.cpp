@@ -58,6 +58,29 @@ public:
         }
         return "unknown netloop error";
     }
+
+    // The portable meaning of an errc, so `code == std::errc::timed_out` holds. Only the kinds
+    // that mean one errno are mapped; the rest (bind_failed, connect_failed, ...) stand for many
+    // errnos, which error::sys_code() carries. doc/errors.md has the table.
+    std::error_condition default_error_condition(int value) const noexcept override {
+        switch (static_cast<errc>(value)) {
+            case errc::timeout:
+                return std::errc::timed_out;
+            case errc::connection_reset:
+                return std::errc::connection_reset;
+            case errc::cancelled:
+                return std::errc::operation_canceled;
+            case errc::message_too_large:
+                return std::errc::message_size;
+            case errc::invalid_address:
+            case errc::invalid_argument:
+                return std::errc::invalid_argument;
+            case errc::protocol_error:
+                return std::errc::protocol_error;
+            default:
+                return {value, *this};
+        }
+    }
 };
 
 std::string describe(errc kind, const std::string& operation, int sys_errno) {

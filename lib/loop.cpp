@@ -1,9 +1,13 @@
 // SPDX-License-Identifier: MIT
 // loop, spawn and run: the io_context, the tasks spawned on it, and running one coroutine.
+#include <cerrno>  // program_invocation_short_name (glibc)
 #include <csignal>
+#include <cstdio>
+#include <cstdlib>  // getprogname (BSD, macOS)
 #include <exception>
 #include <memory>
 #include <optional>
+#include <string>
 
 #include <asio/post.hpp>
 #include <asio/signal_set.hpp>
@@ -102,7 +106,7 @@ void watch_signals(const std::shared_ptr<run_state>& state) {
     });
 }
 
-void run_task(loop& l, task<> t, const run_options& options) {
+std::exception_ptr run_task(loop& l, task<> t, const run_options& options) {
     current_scope here(l);
     auto& context = l.context();
     context.restart();
@@ -134,9 +138,32 @@ void run_task(loop& l, task<> t, const run_options& options) {
         asio::error_code ignored;
         state->signals.clear(ignored);
         state->signals.cancel(ignored);
-        throw error(errc::cancelled, "run: the loop was stopped before the task ended");
+        return std::make_exception_ptr(
+            error(errc::cancelled, "run: the loop was stopped before the task ended"));
     }
-    if (state->failure) std::rethrow_exception(state->failure);
+    return state->failure;
+}
+
+int failed(const std::exception_ptr& failure, const run_options& options) {
+    if (options.rethrow) std::rethrow_exception(failure);
+    std::string what;
+    try {
+        std::rethrow_exception(failure);
+    } catch (const std::exception& e) {
+        what = e.what();
+    } catch (...) {
+        what = "unknown exception";
+    }
+#if defined(__GLIBC__)
+    const char* program = program_invocation_short_name;
+#else
+    const char* program = ::getprogname();  // BSD, macOS
+#endif
+    // One write, so the line is not interleaved with another thread's output.
+    auto line = std::string(program) + ": " + what + "\n";
+    std::fwrite(line.data(), 1, line.size(), stderr);
+    std::fflush(stderr);
+    return 1;
 }
 
 }  // namespace detail

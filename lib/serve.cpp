@@ -316,7 +316,8 @@ task<> server::serve(connection_handler handler, serve_options options) {
             w->thread = std::thread([&w = *w, main] {
                 try {
                     (void)netloop::run([&w] { return worker_main(w); },
-                                       run_options{.cancel_on_signal = false}, w.l);
+                                       run_options{.cancel_on_signal = false, .rethrow = true},
+                                       w.l);
                 } catch (const std::exception& e) {
                     log(spdlog::level::err, "extra loop ended: {}", e.what());
                 }

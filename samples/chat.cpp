@@ -230,17 +230,21 @@ int main(int argc, char** argv) {
 
     room everyone(threads);
     try {
-        return netloop::run([&]() -> netloop::task<> {
-            auto server = netloop::server::listen(netloop::address::parse(at));
-            netloop::announce(server);
-            auto handler = [&everyone](netloop::connection c) {
-                return chat(everyone, std::move(c));
-            };
-            netloop::serve_options options{.drain_timeout = 2s,
-                                           .threads = threads,
-                                           .on_drain = [&everyone] { everyone.close_all(); }};
-            co_await server.serve(handler, options);  // the first SIGINT/SIGTERM starts the drain
-        });
+        // With .rethrow the error comes to the catch below, so a bad address exits 2.
+        return netloop::run(
+            [&]() -> netloop::task<> {
+                auto server = netloop::server::listen(netloop::address::parse(at));
+                netloop::announce(server);
+                auto handler = [&everyone](netloop::connection c) {
+                    return chat(everyone, std::move(c));
+                };
+                netloop::serve_options options{.drain_timeout = 2s,
+                                               .threads = threads,
+                                               .on_drain = [&everyone] { everyone.close_all(); }};
+                // The first SIGINT/SIGTERM starts the drain.
+                co_await server.serve(handler, options);
+            },
+            netloop::run_options{.rethrow = true});
     } catch (const netloop::error& e) {
         std::fprintf(stderr, "chat: %s\n", e.what());
         return e.kind() == netloop::errc::invalid_address ? 2 : 1;

@@ -343,44 +343,47 @@ int main(int argc, char** argv) {
     netloop::set_logger(log);
 
     try {
-        return netloop::run([&]() -> netloop::task<> {
-            // Shared with the metrics handlers, which may outlive this frame by a moment.
-            auto server = std::make_shared<netloop::server>(open_server(cfg, log));
-            auto draining = std::make_shared<std::atomic<bool>>(false);
-            std::shared_ptr<netloop::server> metrics;
-            if (!cfg.metrics_at.empty()) {
-                auto at = netloop::address::parse(cfg.metrics_at);
-                metrics = std::make_shared<netloop::server>(
-                    netloop::server::listen(at, {.reuse_port = !at.is_unix()}));
-            }
-            // Watched before the announcement: a SIGUSR1/2 sent as soon as the port is known
-            // must not find the signal's default action (termination) still in place.
-            netloop::signal_stream usr1({SIGUSR1});
-            netloop::signal_stream usr2({SIGUSR2});
-            netloop::announce(*server);
-            log->info("listening on {}", server->local_address().to_string());
-            if (metrics) {
-                auto at = metrics->local_address().to_string();
-                std::printf("metrics on %s\n", at.c_str());
-                std::fflush(stdout);
-                log->info("metrics on {}", at);
-                netloop::spawn(serve_metrics(metrics, {server, draining}));
-            }
-            netloop::notify_ready();
-            netloop::spawn(netloop::watchdog_keepalive());
-            std::vector<std::string> args{self_path(argv[0])};
-            for (int i = 1; i < argc; ++i) args.emplace_back(argv[i]);
-            netloop::spawn(restart_on_sigusr2(std::move(usr2), *server, args, log));
-            netloop::spawn(stats_on_sigusr1(std::move(usr1), *server, log));
-            cfg.serve.on_drain = [draining] {
-                draining->store(true);
-                netloop::notify_stopping();
-            };
-            co_await server->serve(echo, cfg.serve);
-            if (metrics) metrics->close();
-            log_stats(*server, log);
-            log->info("stopped");
-        });
+        // With .rethrow the error comes to the catch below, which logs it.
+        return netloop::run(
+            [&]() -> netloop::task<> {
+                // Shared with the metrics handlers, which may outlive this frame by a moment.
+                auto server = std::make_shared<netloop::server>(open_server(cfg, log));
+                auto draining = std::make_shared<std::atomic<bool>>(false);
+                std::shared_ptr<netloop::server> metrics;
+                if (!cfg.metrics_at.empty()) {
+                    auto at = netloop::address::parse(cfg.metrics_at);
+                    metrics = std::make_shared<netloop::server>(
+                        netloop::server::listen(at, {.reuse_port = !at.is_unix()}));
+                }
+                // Watched before the announcement: a SIGUSR1/2 sent as soon as the port is known
+                // must not find the signal's default action (termination) still in place.
+                netloop::signal_stream usr1({SIGUSR1});
+                netloop::signal_stream usr2({SIGUSR2});
+                netloop::announce(*server);
+                log->info("listening on {}", server->local_address().to_string());
+                if (metrics) {
+                    auto at = metrics->local_address().to_string();
+                    std::printf("metrics on %s\n", at.c_str());
+                    std::fflush(stdout);
+                    log->info("metrics on {}", at);
+                    netloop::spawn(serve_metrics(metrics, {server, draining}));
+                }
+                netloop::notify_ready();
+                netloop::spawn(netloop::watchdog_keepalive());
+                std::vector<std::string> args{self_path(argv[0])};
+                for (int i = 1; i < argc; ++i) args.emplace_back(argv[i]);
+                netloop::spawn(restart_on_sigusr2(std::move(usr2), *server, args, log));
+                netloop::spawn(stats_on_sigusr1(std::move(usr1), *server, log));
+                cfg.serve.on_drain = [draining] {
+                    draining->store(true);
+                    netloop::notify_stopping();
+                };
+                co_await server->serve(echo, cfg.serve);
+                if (metrics) metrics->close();
+                log_stats(*server, log);
+                log->info("stopped");
+            },
+            netloop::run_options{.rethrow = true});
     } catch (const std::exception& e) {
         log->error("{}", e.what());
         return 1;

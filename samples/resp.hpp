@@ -343,7 +343,7 @@ inline void append_integer(std::string& out, std::int64_t value) {
     char digits[24];
     char* end = std::to_chars(digits, digits + sizeof digits, value).ptr;
     out += ':';
-    out.append(digits, end);
+    out.append(digits, static_cast<std::size_t>(end - digits));
     out += "\r\n";
 }
 
@@ -352,7 +352,7 @@ inline void append_bulk_string(std::string& out, std::string_view bytes) {
     char digits[24];
     char* end = std::to_chars(digits, digits + sizeof digits, bytes.size()).ptr;
     out += '$';
-    out.append(digits, end);
+    out.append(digits, static_cast<std::size_t>(end - digits));
     out += "\r\n";
     out += bytes;
     out += "\r\n";
@@ -366,7 +366,7 @@ inline void append_array_header(std::string& out, std::size_t count) {
     char digits[24];
     char* end = std::to_chars(digits, digits + sizeof digits, count).ptr;
     out += '*';
-    out.append(digits, end);
+    out.append(digits, static_cast<std::size_t>(end - digits));
     out += "\r\n";
 }
 

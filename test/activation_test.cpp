@@ -289,7 +289,7 @@ TEST_CASE("SIGUSR2 hands the socket to a new process: no client refused, reset o
                 }
                 while (running > 0) co_await netloop::test::sleep_for(5ms);
             },
-            netloop::run_options{.cancel_on_signal = false}, l);
+            netloop::run_options{.cancel_on_signal = false, .rethrow = true}, l);
     });
 
     auto wait_ok = [&](int at_least) {

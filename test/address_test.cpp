@@ -66,6 +66,20 @@ TEST_CASE("bad text throws errc::invalid_address with the text in the message", 
     }
 }
 
+TEST_CASE("a host name in parse() is refused with a message saying to use an IP literal",
+          "[address]") {
+    try {
+        (void)address::parse("localhost:7071");
+        FAIL("parse accepted a host name");
+    } catch (const netloop::error& e) {
+        CHECK(e.kind() == errc::invalid_address);
+        CHECK(std::string(e.what()) ==
+              "parse address \"localhost:7071\" (not an IP address: use an IP literal such as "
+              "127.0.0.1 or [::1]; netloop::resolve() turns a host name into addresses): invalid "
+              "address");
+    }
+}
+
 TEST_CASE("an IPv4-mapped endpoint reads as IPv4", "[address]") {
     auto mapped = asio::ip::make_address_v6("::ffff:127.0.0.2");
     address a(asio::ip::tcp::endpoint(mapped, 7));

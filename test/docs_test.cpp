@@ -156,3 +156,32 @@ TEST_CASE("every file in doc/examples is shown once in a guide and built by doc/
     }
     CHECK(files == shown.size());
 }
+
+TEST_CASE("each tutorial example says the step number of the section that shows it", "[docs]") {
+    std::istringstream in(slurp(fs::path(source_dir()) / "doc" / "tutorial.md"));
+    int section = 0;
+    int checked = 0;
+    for (std::string line; std::getline(in, line);) {
+        if (line.starts_with("## ")) section = std::atoi(line.c_str() + 3);
+        constexpr std::string_view step = "// Tutorial step ";
+        if (!line.starts_with(step)) continue;
+        CAPTURE(line);
+        CHECK(std::atoi(line.c_str() + step.size()) == section);
+        ++checked;
+    }
+    CHECK(checked >= 6);
+}
+
+TEST_CASE("doc/comparison.md's feature table gives netloop the TLS it has", "[docs]") {
+    std::istringstream in(slurp(fs::path(source_dir()) / "doc" / "comparison.md"));
+    int rows = 0;
+    for (std::string line; std::getline(in, line);) {
+        if (!line.starts_with("| TLS |")) continue;
+        CAPTURE(line);
+        // The first cell after the feature is netloop's.
+        CHECK(line.substr(7, 5).find("\u2717") == std::string::npos);
+        CHECK(line.find("tls_context") != std::string::npos);
+        ++rows;
+    }
+    CHECK(rows == 1);
+}

@@ -46,3 +46,32 @@ TEST_CASE("every errc has its own message", "[error]") {
         CHECK(netloop::error_category().message(v) != "unknown netloop error");
     }
 }
+
+TEST_CASE("errc values compare equal to the std::errc conditions of doc/errors.md", "[error]") {
+    CHECK(std::error_code(errc::timeout) == std::errc::timed_out);
+    CHECK(std::error_code(errc::connection_reset) == std::errc::connection_reset);
+    CHECK(std::error_code(errc::cancelled) == std::errc::operation_canceled);
+    CHECK(std::error_code(errc::message_too_large) == std::errc::message_size);
+    CHECK(std::error_code(errc::invalid_address) == std::errc::invalid_argument);
+    CHECK(std::error_code(errc::invalid_argument) == std::errc::invalid_argument);
+    CHECK(std::error_code(errc::protocol_error) == std::errc::protocol_error);
+    // The exception's code() compares the same way, and still equals its own errc.
+    netloop::error e(errc::timeout, "read 127.0.0.1:5000");
+    CHECK(e.code() == std::errc::timed_out);
+    CHECK(e.code() == errc::timeout);
+}
+
+TEST_CASE("errc values that stand for no single errno match no std::errc condition", "[error]") {
+    // An orderly EOF is not an errno (read() returns 0); bind_failed and the like carry theirs in
+    // sys_code().
+    CHECK(std::error_code(errc::connection_closed) != std::errc::not_connected);
+    CHECK(std::error_code(errc::connection_closed) != std::errc::broken_pipe);
+    CHECK(std::error_code(errc::connection_closed) != std::errc::connection_reset);
+    CHECK(std::error_code(errc::timeout) != std::errc::connection_reset);
+    CHECK(std::error_code(errc::bind_failed) != std::errc::address_in_use);
+    netloop::error e(errc::bind_failed, "bind 0.0.0.0:8080", EADDRINUSE);
+    CHECK(e.sys_code() == std::errc::address_in_use);
+    // The category's default condition of an unmapped errc stays in the netloop category.
+    CHECK(std::error_code(errc::bind_failed).default_error_condition().category() ==
+          netloop::error_category());
+}

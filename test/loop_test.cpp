@@ -1,16 +1,33 @@
 // SPDX-License-Identifier: MIT
 // loop, run and spawn: values, exceptions, cancelling spawned tasks, signals.
+#include <cerrno>
 #include <csignal>
+#include <cstdio>
+#include <cstring>
 #include <stdexcept>
+#include <string>
+#include <unistd.h>
 
 #include <netloop/netloop.hpp>
 
 #include "support/bounded.hpp"
 #include "support/catch.hpp"
 #include "support/log_capture.hpp"
+#include "support/temp_file.hpp"
 
 using namespace std::chrono_literals;
 using netloop::test::run_bounded;
+
+namespace {
+
+// A coroutine that throws `what` once it has been suspended.
+template <typename T>
+netloop::task<T> fails(const char* what) {
+    co_await netloop::test::sleep_for(1ms);
+    throw std::runtime_error(what);
+}
+
+}  // namespace
 
 TEST_CASE("run() returns the coroutine's value, and 0 for task<>", "[loop]") {
     CHECK(run_bounded([]() -> netloop::task<int> { co_return 42; }) == 42);
@@ -18,7 +35,60 @@ TEST_CASE("run() returns the coroutine's value, and 0 for task<>", "[loop]") {
     CHECK(run_bounded([]() -> netloop::task<> { co_return; }) == 0);
 }
 
-TEST_CASE("run() rethrows what escapes the coroutine", "[loop]") {
+TEST_CASE("run() turns an error escaping the coroutine into one stderr line and status 1",
+          "[loop]") {
+    netloop::loop mine;
+    netloop::test::temp_file err;
+    std::fflush(stderr);
+    int saved = ::dup(STDERR_FILENO);
+    REQUIRE(saved >= 0);
+    int status = -1;
+    int status_int = -1;
+    {
+        std::FILE* to = std::fopen(err.path().c_str(), "w");
+        REQUIRE(to != nullptr);
+        ::dup2(::fileno(to), STDERR_FILENO);
+        std::fclose(to);
+        status = netloop::run(
+            []() -> netloop::task<> {
+                throw netloop::error(netloop::errc::bind_failed, "bind 127.0.0.1:1", EADDRINUSE);
+                co_return;
+            },
+            mine);
+        status_int = netloop::run([] { return fails<int>("two"); }, mine);
+        std::fflush(stderr);
+        ::dup2(saved, STDERR_FILENO);
+        ::close(saved);
+    }
+    CHECK(status == 1);
+    CHECK(status_int == 1);
+    CHECK(err.contents() == std::string("loop_test: bind 127.0.0.1:1: ") +
+                                std::strerror(EADDRINUSE) + "\nloop_test: two\n");
+}
+
+TEST_CASE("run() with .rethrow hands what escapes the coroutine to its caller", "[loop]") {
+    netloop::loop mine;
+    auto failing = []() -> netloop::task<> {
+        co_await netloop::test::sleep_for(1ms);
+        throw netloop::error(netloop::errc::bind_failed, "bind 127.0.0.1:1", EADDRINUSE);
+    };
+    try {
+        (void)netloop::run(failing, netloop::run_options{.rethrow = true}, mine);
+        FAIL("run() returned instead of rethrowing");
+    } catch (const netloop::error& e) {
+        CHECK(e.kind() == netloop::errc::bind_failed);
+        CHECK(e.sys_errno() == EADDRINUSE);
+    }
+    // A task<int> and a task<T> of another type hand it over the same way.
+    CHECK_THROWS_AS(
+        netloop::run([] { return fails<int>("int"); }, netloop::run_options{.rethrow = true}, mine),
+        std::runtime_error);
+    CHECK_THROWS_WITH(netloop::run([] { return fails<std::string>("no status to return"); }, mine),
+                      "no status to return");
+    CHECK(netloop::run([]() -> netloop::task<int> { co_return 3; }, mine) == 3);
+}
+
+TEST_CASE("run_bounded() rethrows what escapes the coroutine", "[loop]") {
     CHECK_THROWS_WITH(run_bounded([]() -> netloop::task<> {
                           co_await netloop::test::sleep_for(1ms);
                           throw std::runtime_error("boom");

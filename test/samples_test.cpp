@@ -1,8 +1,14 @@
 // SPDX-License-Identifier: MIT
 // The echo sample as a real process, and the README's echo server being samples/echo.cpp.
+#include <arpa/inet.h>
+#include <cerrno>
 #include <csignal>
+#include <cstring>
 #include <fstream>
+#include <netinet/in.h>
 #include <sstream>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <netloop/netloop.hpp>
 
@@ -10,6 +16,7 @@
 #include "support/catch.hpp"
 #include "support/loopback.hpp"
 #include "support/process.hpp"
+#include "support/temp_file.hpp"
 
 using namespace std::chrono_literals;
 using netloop::test::child_process;
@@ -90,4 +97,29 @@ TEST_CASE("echo with a bad address exits non-zero with the error on stderr", "[s
     auto status = echo.wait(10s);
     REQUIRE(status);
     CHECK(!(WIFEXITED(*status) && WEXITSTATUS(*status) == 0));
+}
+
+TEST_CASE("echo on a port already in use exits 1 with one line on stderr, never an abort",
+          "[samples]") {
+    // Hold a listening socket on 127.0.0.1:<some free port>, then start echo on that port.
+    int held = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    REQUIRE(held >= 0);
+    sockaddr_in sa{};
+    sa.sin_family = AF_INET;
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    REQUIRE(::bind(held, reinterpret_cast<const sockaddr*>(&sa), sizeof sa) == 0);
+    REQUIRE(::listen(held, 1) == 0);
+    socklen_t len = sizeof sa;
+    REQUIRE(::getsockname(held, reinterpret_cast<sockaddr*>(&sa), &len) == 0);
+    auto at = "127.0.0.1:" + std::to_string(ntohs(sa.sin_port));
+
+    netloop::test::temp_file err;
+    child_process echo({netloop::test::sample_path("echo"), at}, {}, err.path());
+    auto status = echo.wait(10s);
+    ::close(held);
+    REQUIRE(status);
+    CHECK_FALSE(WIFSIGNALED(*status));
+    CHECK(WIFEXITED(*status));
+    CHECK(WEXITSTATUS(*status) == 1);
+    CHECK(err.contents() == "echo: bind " + at + ": " + std::strerror(EADDRINUSE) + "\n");
 }

@@ -526,7 +526,7 @@ task<> exhausted_server(netloop::loop& l, int commands, int reports) {
     try {
         netloop::loop l;
         auto body = [&]() -> task<> { co_await exhausted_server(l, commands, reports); };
-        netloop::run(body, netloop::run_options{.cancel_on_signal = false}, l);
+        netloop::run(body, netloop::run_options{.cancel_on_signal = false, .rethrow = true}, l);
     } catch (...) {
         status = 1;
     }

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MIT
-// Tutorial step 3: per-call timeouts; after a timeout the connection still works.
+// Tutorial step 4: per-call timeouts; after a timeout the connection still works.
 #include <array>
 
 #include <netloop/netloop.hpp>

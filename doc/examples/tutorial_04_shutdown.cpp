@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MIT
-// Tutorial step 4: graceful shutdown; a signal closes the server and the accept loop ends.
+// Tutorial step 5: graceful shutdown; a signal closes the server and the accept loop ends.
 #include <array>
 #include <csignal>
 #include <cstdio>

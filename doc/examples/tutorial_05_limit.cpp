@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MIT
-// Tutorial step 5: at most 100 clients at once; the 101st is closed as soon as it is accepted.
+// Tutorial step 6: at most 100 clients at once; the 101st is closed as soon as it is accepted.
 #include <array>
 #include <cstddef>
 

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MIT
-// Tutorial step 6: the same server on serve(): limit, idle timeout and drain are options.
+// Tutorial step 7: the same server on serve(): limit, idle timeout and drain are options.
 #include <array>
 
 #include <netloop/netloop.hpp>

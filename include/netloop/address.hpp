@@ -2,6 +2,8 @@
 // address: an IPv4 or IPv6 endpoint, or a Unix domain socket, made from text or from parts.
 #pragma once
 
+#include <netloop/detail/config.hpp>
+
 #include <cstdint>
 #include <string>
 #include <string_view>
@@ -46,8 +48,9 @@ public:
 
     /// Parses `"a.b.c.d:port"`, `"[v6]:port"` (the port is 0 to 65535) or `"unix:<path>"`.
     ///
-    /// Throws `error` with `errc::invalid_address` for anything else (host names included: they
-    /// need a resolver, not a parser).
+    /// Throws `error` with `errc::invalid_address` for anything else. Host names included: they
+    /// need a resolver, not a parser, and the message says so. To listen on a name, resolve it
+    /// first with `netloop::resolve()` (connection.hpp); `connect("host:port")` resolves itself.
     [[nodiscard]] static address parse(std::string_view text);
 
     /// `"127.0.0.1:8080"`, `"[::1]:8080"` or `"unix:/run/app.sock"`: the form `parse()` reads.

@@ -3,6 +3,8 @@
 // timeouts.
 #pragma once
 
+#include <netloop/detail/config.hpp>
+
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
@@ -76,8 +78,8 @@ public:
     /// The frame is a view into the connection's buffer, valid until the next read call on
     /// this connection; the delimiter is consumed with it; bytes that arrived after it stay
     /// buffered for the next call. `timeout` bounds the whole call. Throws `error` with
-    /// `errc::message_too_large` when no delimiter comes within `max_length` bytes — nothing is
-    /// consumed, so the caller may close, or skip with `buffered()`/`consume()`;
+    /// `errc::message_too_large` when the frame, delimiter not counted, would exceed `max_length`
+    /// bytes — nothing is consumed, so the caller may close, or skip with `buffered()`/`consume()`;
     /// `errc::connection_closed` on EOF before a delimiter (the partial frame stays in
     /// `buffered()`); otherwise as `read()`.
     [[nodiscard]] task<std::string_view> read_until(std::string_view delimiter,

@@ -3,6 +3,8 @@
 // the listening sockets to a successor for a restart that drops no connection.
 #pragma once
 
+#include <netloop/detail/config.hpp>
+
 #include <string>
 #include <string_view>
 #include <sys/types.h>

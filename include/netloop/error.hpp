@@ -2,6 +2,8 @@
 // netloop::error, the one exception type of the library, and errc, what it can say.
 #pragma once
 
+#include <netloop/detail/config.hpp>
+
 #include <cstddef>
 #include <stdexcept>
 #include <string>

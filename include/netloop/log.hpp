@@ -2,6 +2,8 @@
 // set_logger: where netloop's log lines go (nowhere unless the user says so).
 #pragma once
 
+#include <netloop/detail/config.hpp>
+
 #include <memory>
 
 #include <netloop/export.hpp>

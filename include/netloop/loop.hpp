@@ -2,7 +2,10 @@
 // loop, run and spawn: one io_context, one thread, and the tasks that live on it.
 #pragma once
 
+#include <netloop/detail/config.hpp>
+
 #include <concepts>
+#include <exception>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -86,13 +89,26 @@ private:
 /// An exception that escapes `t` is logged through the netloop logger (see `set_logger`) —
 /// `errc::connection_closed` and cancellation at debug, everything else at error — and never
 /// terminates the process. The task is cancelled when the `run()` that drives `l` finishes.
+///
+/// Give the task what it uses as coroutine parameters, never as lambda captures: parameters
+/// are copied into the coroutine's frame, captures stay in the lambda object, which
+/// `spawn([&c]() -> task<> { ... }())` destroys at the end of the statement while the task
+/// still runs. Write a free function, `spawn(session(std::move(c)))`, or a lambda without
+/// captures that takes parameters, `spawn([](connection c) -> task<> { ... }(std::move(c)))`.
 NETLOOP_API void spawn(task<> t, loop& l = loop::current());
 
-/// How `run()` treats SIGINT and SIGTERM.
+/// How `run()` treats SIGINT and SIGTERM, and an error that escapes its coroutine.
 struct run_options {
     /// While `run()` runs, SIGINT and SIGTERM cancel the coroutine (each one, so a second signal
     /// reaches a draining `serve()` as "force now"). Off: the signals keep their disposition.
     bool cancel_on_signal = true;
+    /// Off (the default): an exception that escapes a `task<>` or `task<int>` coroutine becomes
+    /// one line on stderr, `<program>: <what()>` (e.g. `echo: bind 127.0.0.1:8080: Address
+    /// already in use`), and `run()` returns 1, so `return netloop::run(...)` in `main` exits
+    /// with status 1 instead of aborting. On: `run()` rethrows the exception to its caller.
+    /// A coroutine of another result type has no exit status to give: its exception is always
+    /// rethrown.
+    bool rethrow = false;
 };
 
 namespace detail {
@@ -104,7 +120,11 @@ struct task_value<asio::awaitable<T, Executor>> {
     using type = T;
 };
 
-NETLOOP_API void run_task(loop& l, task<> t, const run_options& options);
+// Runs `t` on `l`; what escaped it (or the loop being stopped first), else null.
+NETLOOP_API std::exception_ptr run_task(loop& l, task<> t, const run_options& options);
+
+// Rethrows `failure` if `options.rethrow`, else writes "<program>: <what>" to stderr; returns 1.
+NETLOOP_API int failed(const std::exception_ptr& failure, const run_options& options);
 
 template <typename T>
 task<> store_result(task<T> t, std::optional<T>& out) {
@@ -113,8 +133,13 @@ task<> store_result(task<T> t, std::optional<T>& out) {
 
 }  // namespace detail
 
-/// Runs the coroutine `f()` on `l` until it finishes and returns its value (0 for `task<>`);
-/// an exception that escapes `f` is rethrown here.
+/// Runs the coroutine `f()` on `l` until it finishes and returns its value (0 for `task<>`).
+///
+/// An exception that escapes `f` of a `task<>` or `task<int>` is written to stderr as one line,
+/// `<program>: <what()>`, and `run()` returns 1: the status for `main` to return. With
+/// `run_options{.rethrow = true}`, and for every other result type, it is rethrown here instead.
+/// If the loop is stopped (`loop::stop()`) before `f` ends, that is an `error` with
+/// `errc::cancelled`, treated the same way.
 ///
 /// The first SIGINT or SIGTERM cancels `f`: a pending `next()` yields `nullopt`, so a server
 /// loop ends by itself (see `run_options`). When `f` finishes, tasks it spawned that are still
@@ -124,11 +149,19 @@ requires std::invocable<F&>
 auto run(F&& f, const run_options& options, loop& l = loop::shared()) {
     using value_type = typename detail::task_value<std::invoke_result_t<F&>>::type;
     if constexpr (std::is_void_v<value_type>) {
-        detail::run_task(l, std::invoke(f), options);
+        auto failure = detail::run_task(l, std::invoke(f), options);
+        if (failure) return detail::failed(failure, options);
         return 0;
     } else {
         std::optional<value_type> result;
-        detail::run_task(l, detail::store_result(std::invoke(f), result), options);
+        auto failure = detail::run_task(l, detail::store_result(std::invoke(f), result), options);
+        if (failure) {
+            if constexpr (std::is_same_v<value_type, int>) {
+                return detail::failed(failure, options);
+            } else {
+                std::rethrow_exception(failure);
+            }
+        }
         return std::move(*result);
     }
 }

@@ -2,6 +2,8 @@
 // metrics: a server's counters in Prometheus's text exposition format, for a /metrics endpoint.
 #pragma once
 
+#include <netloop/detail/config.hpp>
+
 #include <span>
 #include <string>
 #include <string_view>

@@ -8,6 +8,8 @@
 // - Cancellation: cancelling a task cancels the netloop operation it awaits.
 #pragma once
 
+#include <netloop/detail/config.hpp>
+
 #include <netloop/address.hpp>
 #include <netloop/connection.hpp>
 #include <netloop/daemon.hpp>

@@ -2,6 +2,8 @@
 // proxy: which PROXY protocol versions a listener reads, and the networks trusted to send them.
 #pragma once
 
+#include <netloop/detail/config.hpp>
+
 #include <array>
 #include <cstdint>
 #include <span>

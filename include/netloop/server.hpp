@@ -2,6 +2,8 @@
 // server: a listening socket, the stream of its connections, and announce().
 #pragma once
 
+#include <netloop/detail/config.hpp>
+
 #include <chrono>
 #include <cstddef>
 #include <cstdint>

@@ -2,6 +2,8 @@
 // signal_stream: POSIX signals as an awaitable stream.
 #pragma once
 
+#include <netloop/detail/config.hpp>
+
 #include <initializer_list>
 #include <memory>
 

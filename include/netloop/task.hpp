@@ -2,6 +2,8 @@
 // task<T>, the coroutine type of netloop, and the duration type of its timeouts.
 #pragma once
 
+#include <netloop/detail/config.hpp>
+
 #include <chrono>
 
 #include <netloop/detail/asio.hpp>

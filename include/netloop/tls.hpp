@@ -3,6 +3,8 @@
 // with it (NETLOOP_HAS_TLS).
 #pragma once
 
+#include <netloop/detail/config.hpp>
+
 #include <memory>
 #include <string>
 #include <string_view>

@@ -10,6 +10,22 @@ trap 'rm -rf "$work"' EXIT
 prefix="$work/prefix"
 meson setup "$work/build" "$src" --wrap-mode=nodownload --prefix="$prefix" --libdir=lib \
     -Dtests=disabled -Dbench=false >"$work/setup.log" 2>&1 || { cat "$work/setup.log"; exit 1; }
+# -Dtests=disabled says so in the summary, and builds no test.
+if ! grep -Eq '^ *tests *: *False$' "$work/setup.log"; then
+    echo "meson's summary does not say 'tests : False' with -Dtests=disabled:"
+    cat "$work/setup.log"
+    exit 1
+fi
 ninja -C "$work/build" install >"$work/install.log" 2>&1 || { cat "$work/install.log"; exit 1; }
+if [ -e "$work/build/test" ]; then
+    echo "-Dtests=disabled still built tests: $(ls "$work/build/test")"
+    exit 1
+fi
+# version.hpp is generated from meson.build's version, the one pkg-config reports.
+version=$(sed -n 's/^#define NETLOOP_VERSION_STRING "\(.*\)"$/\1/p' "$prefix/include/netloop/version.hpp")
+if [ "$version" != "$(PKG_CONFIG_PATH="$prefix/lib/pkgconfig" pkg-config --modversion netloop)" ]; then
+    echo "installed version.hpp says '$version', pkg-config says something else"
+    exit 1
+fi
 "$src/test/consumer/consume.sh" "$src" "$work" "$prefix" "$prefix/lib" \
     pkg-config cmake-pkg-config find-package

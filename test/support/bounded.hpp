@@ -17,8 +17,9 @@ namespace netloop::test {
 
 using namespace std::chrono_literals;
 
-// Runs `f` on the shared loop like netloop::run (signals left alone unless `options` say). If it
-// has not finished within `limit`, the watchdog stops the loop and the test fails.
+// Runs `f` on the shared loop like netloop::run (signals left alone unless `options` say), with
+// what escapes `f` rethrown here (`.rethrow` is always on). If it has not finished within
+// `limit`, the watchdog stops the loop and the test fails.
 template <typename F>
 auto run_bounded(F&& f, std::chrono::milliseconds limit = 30s,
                  run_options options = {.cancel_on_signal = false}) {
@@ -47,6 +48,7 @@ auto run_bounded(F&& f, std::chrono::milliseconds limit = 30s,
             t.join();
         }
     };
+    options.rethrow = true;
     try {
         stop_watchdog guard{m, cv, done, watchdog};
         return netloop::run(std::forward<F>(f), options);

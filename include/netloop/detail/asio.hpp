@@ -2,15 +2,7 @@
 // The Asio configuration netloop needs, and the Asio names that moved between versions.
 #pragma once
 
-// clang 14 with Asio 1.22 does not detect C++20 coroutines on its own.
-#if defined(__clang__) && defined(__cpp_impl_coroutine)
-#ifndef ASIO_HAS_CO_AWAIT
-#define ASIO_HAS_CO_AWAIT 1
-#endif
-#ifndef ASIO_HAS_STD_COROUTINE
-#define ASIO_HAS_STD_COROUTINE 1
-#endif
-#endif
+#include <netloop/detail/config.hpp>
 
 #include <asio/awaitable.hpp>
 #include <asio/bind_cancellation_slot.hpp>
@@ -24,9 +16,13 @@
 #include <asio/use_awaitable.hpp>
 #include <asio/version.hpp>
 
+// ASIO_HAS_CO_AWAIT and ASIO_HAS_STD_COROUTINE are defined in one place, netloop's meson.build,
+// which hands them to every user through its Meson dependency and pkg-config file: they change
+// Asio's types, so every translation unit must see the same values before any Asio header.
+// Asio 1.22 does not detect coroutines under clang 14 by itself.
 #if !defined(ASIO_HAS_CO_AWAIT)
 #error \
-    "netloop needs C++20 coroutines in Asio: compile with -std=c++20 (clang: include netloop first)"
+    "netloop needs Asio's C++20 coroutines: define ASIO_HAS_CO_AWAIT=1 and ASIO_HAS_STD_COROUTINE=1 (pkg-config --cflags netloop has them)"
 #endif
 
 #if ASIO_VERSION >= 102300
