@@ -228,9 +228,11 @@ task<> drain_share(std::shared_ptr<loop_share> s, cancel_forwarder* forwarder) {
     bool forced = s->force || (forwarder != nullptr && forwarder->fired);
     log(spdlog::level::warn, "{}: cancelling {} connection(s)",
         forced ? "forced drain" : "drain timeout", s->running);
-    // Cut, not lingered: what these handlers wrote still goes out, but nothing waits for
-    // their peers, so a forced stop is immediate.
-    s->counters->cutting.store(true, std::memory_order_relaxed);
+    // A forced stop cuts: what these handlers wrote still goes out, but nothing waits for their
+    // peers, so the exit is immediate. At the drain's deadline the connections still close
+    // gracefully (bounded by linger_timeout): a peer that is still sending would otherwise
+    // reset the connection and lose what the handler wrote.
+    if (forced) s->counters->cutting.store(true, std::memory_order_relaxed);
     s->handlers.cancel_all();
     // Cancelled handlers end promptly; one that ignores cancellation is left to finish on its
     // own after a last second, detached (it holds what it uses).

@@ -110,8 +110,9 @@ struct serve_options {
     duration idle_timeout = no_timeout;
     /// The whole connection's bound, from accept; then as `idle_timeout`.
     duration connection_deadline = no_timeout;
-    /// On shutdown, how long handlers may go on before they are cancelled. Cancelled
-    /// connections close at once, with no linger (they have no finished reply to protect).
+    /// On shutdown, how long handlers may go on before they are cancelled; their connections
+    /// then close gracefully (bounded by `linger_timeout`), so what they wrote reaches a peer
+    /// that is still sending. A second cancellation cuts instead: no linger, an immediate end.
     duration drain_timeout = std::chrono::seconds(10);
     /// On shutdown, end at once the connections that wait idle for a new message, as Go's
     /// `Server.Shutdown` and nginx do: a read pending with nothing buffered, no write pending,
