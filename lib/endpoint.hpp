@@ -20,7 +20,9 @@ asio::generic::stream_protocol::endpoint generic_endpoint(const address& a);
 // The address of an endpoint the kernel reported (accept, getsockname, getpeername).
 address from_generic(const asio::generic::stream_protocol::endpoint& ep);
 
-struct address_access {
+// Exported: lib/proxy_protocol.hpp's inline proxy_unix_address (used by its test and fuzz
+// target) calls it.
+struct NETLOOP_API address_access {
     static address unix_named(const asio::generic::stream_protocol::endpoint& ep);
 };
 
