@@ -171,6 +171,7 @@ void deliver(const std::shared_ptr<loop_share>& s, accepted a) {
     impl->linger_timeout = options.linger_timeout;
     impl->set_limits(options.idle_timeout, options.connection_deadline);
     ++s->running;
+    // The exit handler holds the share: the registry it unlinks from lives there.
     spawn_tracked(s->owner.context(), s->handlers, run_handler(s, std::move(conn), ip),
                   [s](std::exception_ptr) {});
 }
@@ -208,9 +209,9 @@ task<> accept_loop(std::shared_ptr<loop_share> self, std::shared_ptr<server_stat
 }
 
 // Lets this loop's handlers finish until the drain deadline (or a forced drain), then cancels
-// the rest and waits a last second for them.
-// Meanwhile, every `drain_idle_grace` it ends the reads of connections that wait, idle, for a
-// new message (connection_impl::end_if_idle): their handlers see connection_closed at once.
+// the rest and waits a last second for them. Meanwhile, every `drain_idle_grace`, it ends the
+// reads of connections that wait, idle, for a new message (connection_impl::end_if_idle):
+// their handlers see connection_closed at once.
 task<> drain_share(std::shared_ptr<loop_share> s, cancel_forwarder* forwarder) {
     const auto& options = s->common->options;
     auto next_look = options.close_idle_on_drain ? clock::now() : never;
