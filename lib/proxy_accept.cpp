@@ -79,7 +79,7 @@ task<> read_proxy_header(std::shared_ptr<connection_impl> c, const proxy_setting
         if (log_enabled(spdlog::level::debug)) {
             log(spdlog::level::debug, "PROXY v{} header from {}: client {}", h.version,
                 c->proxy ? c->proxy->to_string() : c->remote.to_string(),
-                c->proxy ? c->remote.to_string() : std::string("(LOCAL)"));
+                c->proxy ? c->remote.to_string() : std::string("none (LOCAL or UNKNOWN)"));
         }
         co_return;
     }

@@ -121,8 +121,9 @@ task<bool> handshake_or_count(std::shared_ptr<connection_impl> c,
 // PROXY header (its source trusted, read byte-exactly, bounded by `proxy.timeout`), then the TLS
 // handshake. True if the connection is ready; false, logged and counted (`proxy_failures`,
 // `handshake_failures`), if it is to be closed. Cancellation throws.
-task<bool> prepare_or_count(std::shared_ptr<connection_impl> c, const proxy_settings& proxy,
-                            std::shared_ptr<tls_state> tls, duration handshake_timeout,
-                            server_counters& counters);
+[[nodiscard]] task<bool> prepare_or_count(std::shared_ptr<connection_impl> c,
+                                          const proxy_settings& proxy,
+                                          std::shared_ptr<tls_state> tls,
+                                          duration handshake_timeout, server_counters& counters);
 
 }  // namespace netloop::detail

@@ -118,6 +118,21 @@ std::size_t count(const std::string& text, const std::string& what) {
 
 bool haproxy_installed() { return ::access(haproxy_binary, X_OK) == 0; }
 
+// Connects to `to` until the connect is refused (the backend has stopped listening), for at most
+// 10 s; a connect that still succeeds is closed at once. True if refused.
+task<bool> refused_soon(address to) {
+    auto until = std::chrono::steady_clock::now() + 10s;
+    while (std::chrono::steady_clock::now() < until) {
+        try {
+            auto s = co_await netloop::test::raw_connect(to, 2s);
+        } catch (const std::system_error& e) {
+            if (e.code() == asio::error::connection_refused) co_return true;
+        }
+        co_await netloop::test::sleep_for(10ms);
+    }
+    co_return false;
+}
+
 }  // namespace
 
 TEST_CASE(
@@ -237,6 +252,11 @@ TEST_CASE(
                 [&] { return all([](const stream_state& st) { return st.rounds >= 5; }); });
             b1.process.signal(SIGTERM);
             *terminated = true;
+            // Once b1 has closed its listener (at once on SIGTERM), every new connection is
+            // HAProxy's to place.
+            out.push_back(co_await refused_soon(address::ipv4("127.0.0.1", b1.port))
+                              ? "b1 stopped listening"
+                              : "b1 still listening");
             // New clients, while b1 drains: HAProxy's connect to b1 is refused, so it retries
             // on b2 (redispatch) until its health checks take b1 out.
             for (int i = 10; i <= 15; ++i) {
@@ -254,10 +274,11 @@ TEST_CASE(
             co_return out;
         },
         90s);
-    CHECK(r == std::vector<std::string>{"127.0.0.10 served", "127.0.0.11 served",
-                                        "127.0.0.12 served", "127.0.0.13 served",
-                                        "127.0.0.14 served", "127.0.0.15 served", "stream intact",
-                                        "stream intact", "stream intact", "stream intact"});
+    CHECK(r == std::vector<std::string>{"b1 stopped listening", "127.0.0.10 served",
+                                        "127.0.0.11 served", "127.0.0.12 served",
+                                        "127.0.0.13 served", "127.0.0.14 served",
+                                        "127.0.0.15 served", "stream intact", "stream intact",
+                                        "stream intact", "stream intact"});
     // The drained backend ended cleanly once its streams closed; the new clients all reached
     // the other one.
     CHECK(b1.process.exited_with(0, 30s));

@@ -4,6 +4,7 @@
 #include <cstring>
 #include <memory>
 #include <string>
+#include <unistd.h>
 #include <vector>
 
 #include <netloop/config.hpp>
@@ -374,3 +375,40 @@ TEST_CASE("TLS starts after the header: the handshake reads the bytes that follo
     CHECK(r == std::vector<std::string>{"handshake", "secret", "192.0.2.40:443 v"});
 }
 #endif
+
+TEST_CASE("a Unix listener reads the header too: a TCP client's address, or a Unix one",
+          "[proxy_listen]") {
+    auto r = run_bounded([]() -> task<std::vector<std::string>> {
+        auto at = address::unix_socket("@netloop-proxy-listen-" + std::to_string(::getpid()));
+        auto s = server::listen(at, listen_options{.proxy_protocol = proxy_protocol::v2});
+        auto rec = std::make_shared<seen>();
+        netloop::test::serve_outcome serving;
+        netloop::spawn(netloop::test::serve_into(s, recording_echo(rec), {}, serving));
+        std::vector<std::string> out;
+        {
+            auto c = co_await netloop::connect(at, 5s);
+            co_await c.write(v2("192.0.2.50", 50) + of("tcp client"), 5s);
+            out.push_back(netloop::test::text(co_await netloop::test::read_n(c, 10, 5s)));
+        }
+        {
+            // v2, AF_UNIX over a stream: two 108-byte sun_path blocks.
+            bytes header = of(std::string_view("\r\n\r\n\0\r\nQUIT\n\x21\x31\x00\xd8", 16));
+            std::string src = "/run/client.sock";
+            std::string dst = "/run/server.sock";
+            for (const auto& p : {src, dst}) {
+                auto block = of(p);
+                block.resize(108);
+                header = header + block;
+            }
+            auto c = co_await netloop::connect(at, 5s);
+            co_await c.write(header + of("unix client"), 5s);
+            out.push_back(netloop::test::text(co_await netloop::test::read_n(c, 11, 5s)));
+        }
+        out.insert(out.end(), rec->peers.begin(), rec->peers.end());
+        s.close();
+        co_await netloop::test::eventually([&] { return serving.done; });
+        co_return out;
+    });
+    CHECK(r == std::vector<std::string>{"tcp client", "unix client", "192.0.2.50:50 via unix:",
+                                        "unix:/run/client.sock via unix:"});
+}
