@@ -115,6 +115,9 @@ struct connection_impl : std::enable_shared_from_this<connection_impl> {
     bool closed = false;
     bool limit_expired = false;  // closed by idle_timeout or connection_deadline
     bool drained = false;        // its idle read was ended by a drain
+    // A read saw the peer's EOF: no input can follow, so a close needs no linger (set by
+    // failure(), the one place every failed read passes through).
+    mutable bool peer_closed = false;
     // Reads begun so far, and the count a drain saw when it last looked: a read still pending
     // under the same count, with nothing buffered, has waited the whole time in between.
     std::uint32_t reads_begun = 0;

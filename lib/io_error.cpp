@@ -10,6 +10,7 @@ error connection_impl::failure(const char* operation, const asio::error_code& ec
                                const direction& d, std::size_t bytes_written) const {
     bool reading = operation[0] == 'r';
     if (ec == asio::error::eof) {
+        peer_closed = true;
         return error(errc::connection_closed, describe(operation) + " (peer closed)", 0,
                      bytes_written);
     }

@@ -98,6 +98,14 @@ void connection_impl::close() noexcept {
         return;
     }
     if (!mark_closed() || !stream.socket().is_open()) return;
+    // After the peer's EOF nothing more can arrive, so closing now cannot reset the connection
+    // and lose what was written: the kernel sends the rest and the FIN. That saves the linger's
+    // shutdown, its read and its task. (TLS still sends close_notify through the linger.)
+    if (peer_closed && !stream.is_tls()) {
+        asio::error_code ignored;
+        stream.socket().close(ignored);
+        return;
+    }
     if (!loop_access::accepts_tasks(owner)) {
         asio::error_code ignored;
         stream.socket().close(ignored);
