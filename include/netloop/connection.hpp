@@ -122,7 +122,9 @@ public:
     /// timeout, 2 s unless `serve_options` say otherwise) before the socket is closed — so
     /// unread input never turns the close into a reset that destroys data already written.
     /// The linger runs to its end even while `run()` winds down, so `run()` may wait up to the
-    /// linger timeout for a peer that neither reads nor closes. Idempotent.
+    /// linger timeout for a peer that neither reads nor closes. A connection that has already
+    /// read the peer's EOF (plain, not TLS) has nothing to discard and closes at once.
+    /// Idempotent.
     void close() noexcept;
 
     /// Closes at once with a reset (SO_LINGER 0): the peer gets ECONNRESET, and data not yet
