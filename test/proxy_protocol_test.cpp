@@ -5,6 +5,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
+#include <deque>
 #include <new>
 #include <string>
 #include <string_view>
@@ -43,8 +44,12 @@ std::span<const std::byte> as_bytes(std::string_view s) {
     return {reinterpret_cast<const std::byte*>(s.data()), s.size()};
 }
 
+// Parses a copy of `s` kept for the rest of the run: the result's views (ALPN, authority, Unix
+// paths) point into the bytes, which the tests often pass as a temporary (`h + payload`).
 proxy_parse_result parse(std::string_view s, proxy_protocol accepted = proxy_protocol::either) {
-    return parse_proxy_header(as_bytes(s), accepted);
+    static std::deque<std::string> kept;
+    kept.emplace_back(s);
+    return parse_proxy_header(as_bytes(kept.back()), accepted);
 }
 
 const std::string v2_signature("\r\n\r\n\0\r\nQUIT\n", 12);

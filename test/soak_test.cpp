@@ -125,6 +125,10 @@ task<> sample_every_second(pid_t pid, const bool& stop, std::vector<sample>& out
         tick.expires_at(next);
         asio::error_code ignored;
         co_await tick.async_wait(asio::redirect_error(asio::use_awaitable, ignored));
+        // Cancelled when run()'s coroutine ends, whose frame holds `stop` and `out`: touch
+        // neither after that.
+        auto state = co_await asio::this_coro::cancellation_state;
+        if (state.cancelled() != asio::cancellation_type::none) co_return;
     }
 }
 
