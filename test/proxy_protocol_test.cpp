@@ -27,6 +27,12 @@ void* operator new(std::size_t n) {
     if (void* p = std::malloc(n == 0 ? 1 : n)) return p;
     throw std::bad_alloc();
 }
+// The nothrow form too (Catch uses it): under ASan, its own nothrow new with our free-based
+// delete would be an alloc-dealloc mismatch.
+void* operator new(std::size_t n, const std::nothrow_t&) noexcept {
+    if (counting) ++allocations;
+    return std::malloc(n == 0 ? 1 : n);
+}
 // Not inlined: g++ would otherwise see free() of what operator new returned, and warn.
 [[gnu::noinline]] void operator delete(void* p) noexcept { std::free(p); }
 [[gnu::noinline]] void operator delete(void* p, std::size_t) noexcept { std::free(p); }
@@ -409,7 +415,7 @@ TEST_CASE("parsing allocates nothing, whatever the header", "[proxy]") {
     std::size_t done = 0;
     counting = true;
     for (const auto& input : inputs) {
-        auto r = parse(input);
+        auto r = parse_proxy_header(as_bytes(input), proxy_protocol::either);  // no copy
         done += r.status == proxy_parse_result::done ? 1 : 0;
     }
     counting = false;
