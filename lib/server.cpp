@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MIT
-// server: listening, the accept loop behind connections(), close() from any thread, announce().
+// server: listening sockets, close() from any thread, stats(), announce() (accepting: accept.cpp).
 #include <cerrno>
 #include <cstdio>
 #include <sys/socket.h>
