@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: MIT
-// The one accept path: accept with back-off, make the connection, the TLS handshake; next().
+// The one accept path: accept with back-off, make the connection, its preparation (PROXY
+// header, TLS handshake) side by side; next().
 #include <cerrno>
 #include <deque>
 
@@ -109,20 +110,20 @@ task<bool> handshake_or_count(std::shared_ptr<connection_impl> c,
     }
 }
 
-// TLS connections handshake side by side, each in a task of its own; next() hands out the
-// ones that succeeded, in the order they did.
+// Connections that need preparing (a PROXY header, a TLS handshake) are prepared side by side,
+// each in a task of its own; next() hands out the ones that are ready, in the order they were.
 struct handshake_queue {
     explicit handshake_queue(asio::io_context& c) : wake(c) {}
     std::deque<connection> ready;
-    asio::steady_timer wake;  // cancelled when a handshake succeeds
+    asio::steady_timer wake;  // cancelled when a connection is ready
 };
 
 namespace {
 
-task<> handshake_into(std::shared_ptr<server_state> state, std::shared_ptr<connection_impl> impl) {
+task<> prepare_into(std::shared_ptr<server_state> state, std::shared_ptr<connection_impl> impl) {
     auto conn = connection_access::make(impl);
-    if (!co_await handshake_or_count(impl, state->tls, state->handshake_timeout,
-                                     *state->counters)) {
+    if (!co_await prepare_or_count(impl, state->proxy, state->tls, state->handshake_timeout,
+                                   *state->counters)) {
         co_return;
     }
     auto& queue = *state->handshakes;
@@ -130,17 +131,17 @@ task<> handshake_into(std::shared_ptr<server_state> state, std::shared_ptr<conne
     queue.wake.cancel();
 }
 
-// One accept; the connection's handshake starts in a task of its own. False once the stream
+// One accept; the connection's preparation starts in a task of its own. False once the stream
 // ended (closed, or this branch was cancelled).
-task<bool> accept_and_handshake(std::shared_ptr<server_state> state) {
+task<bool> accept_and_prepare(std::shared_ptr<server_state> state) {
     auto a = co_await accept_next(state, state->owner.context());
     if (!a) co_return false;
     auto impl = make_connection(state->owner, std::move(*a), state->counters);
-    spawn(handshake_into(state, std::move(impl)), state->owner);
+    spawn(prepare_into(state, std::move(impl)), state->owner);
     co_return true;
 }
 
-task<std::optional<connection>> next_tls(std::shared_ptr<server_state> state) {
+task<std::optional<connection>> next_prepared(std::shared_ptr<server_state> state) {
     if (!state->handshakes)
         state->handshakes = std::make_shared<handshake_queue>(state->owner.context());
     auto queue = state->handshakes;
@@ -155,7 +156,7 @@ task<std::optional<connection>> next_tls(std::shared_ptr<server_state> state) {
         using namespace asio::experimental::awaitable_operators;
         // Both branches are non-throwing but for a fatal accept error, and the accept branch
         // acts before it completes: whichever wins, no accepted connection is lost.
-        auto first = co_await (accept_and_handshake(state) || queue->wake.async_wait(use_tuple));
+        auto first = co_await (accept_and_prepare(state) || queue->wake.async_wait(use_tuple));
         auto cs = co_await asio::this_coro::cancellation_state;
         if (cs.cancelled() != asio::cancellation_type::none) co_return std::nullopt;
         if (first.index() == 0 && !std::get<0>(first) && queue->ready.empty()) {
@@ -172,7 +173,9 @@ connection_stream::connection_stream(std::shared_ptr<detail::server_state> state
 
 task<std::optional<connection>> connection_stream::next() {
     auto state = state_;  // the frame keeps the server state alive
-    if (state->tls) co_return co_await detail::next_tls(state);
+    if (state->tls || state->proxy.mode != proxy_protocol::off) {
+        co_return co_await detail::next_prepared(state);
+    }
     auto a = co_await detail::accept_next(state, state->owner.context());
     if (!a) co_return std::nullopt;
     co_return detail::connection_access::make(

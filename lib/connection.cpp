@@ -144,6 +144,8 @@ bool connection::is_open() const noexcept { return impl_ && !impl_->closed; }
 
 const address& connection::remote_address() const noexcept { return impl_->remote; }
 
+std::optional<address> connection::proxy_address() const { return impl_->proxy; }
+
 const address& connection::local_address() const noexcept {
     try {
         return impl_->local();

@@ -48,6 +48,7 @@ struct server_counters {
     counter bytes_written{0};
     counter accept_errors{0};
     counter handshake_failures{0};
+    counter proxy_failures{0};
     // Set by serve() when it cuts its connections (a forced drain, or the drain's deadline):
     // they close at once, with no linger — they have no finished reply to protect.
     std::atomic<bool> cutting{false};
@@ -98,6 +99,7 @@ struct connection_impl : std::enable_shared_from_this<connection_impl> {
     loop& owner;
     detail::stream stream;
     address remote;
+    std::optional<address> proxy;  // the balancer's, when a PROXY header replaced `remote`
     std::shared_ptr<server_counters> counters;
     direction reader;
     direction writer;

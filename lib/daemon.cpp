@@ -115,6 +115,7 @@ std::vector<server> listen_activated(const listen_options& options, loop& l) {
         state->reuse_port = sockopt(fd, SOL_SOCKET, SO_REUSEPORT) == 1;
         state->tls = tls;
         state->handshake_timeout = options.handshake_timeout;
+        state->proxy = {options.proxy_protocol, options.proxy_from, options.proxy_header_timeout};
         detail::log(spdlog::level::debug, "adopted fd {} ({}) from LISTEN_FDS", fd,
                     state->local.to_string());
         servers.push_back(detail::server_access::make(std::move(state)));

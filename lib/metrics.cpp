@@ -33,6 +33,9 @@ constexpr metric metrics[] = {
      &server_stats::accept_errors},
     {"netloop_tls_handshake_failures_total", "counter", "TLS handshakes that failed or timed out.",
      "", &server_stats::handshake_failures},
+    {"netloop_proxy_header_failures_total", "counter",
+     "Connections refused for their PROXY protocol header (missing, invalid, slow, untrusted).", "",
+     &server_stats::proxy_failures},
 };
 
 void sample(std::string& out, const char* name, const std::string& loop_label,

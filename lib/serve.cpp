@@ -31,23 +31,29 @@ class admission {
 public:
     enum verdict { admitted, over_total, over_ip };
 
-    verdict try_admit(const asio::ip::address& ip, const serve_options& o) {
+    // Counts a connection in the total and, if `ip` is given, in its address's count.
+    verdict try_admit(const std::optional<asio::ip::address>& ip, const serve_options& o) {
         std::lock_guard lock(mutex_);
         if (running_ >= o.max_connections) return over_total;
-        auto& from_ip = per_ip_[ip];
-        if (from_ip >= o.max_connections_per_ip) {
-            if (from_ip == 0) per_ip_.erase(ip);
-            return over_ip;
-        }
-        ++from_ip;
+        if (ip && !admit_ip(*ip, o)) return over_ip;
         ++running_;
         return admitted;
     }
 
-    void release(const asio::ip::address& ip) {
+    // Counts a connection already in the total in `ip`'s count (once its PROXY header told the
+    // client's address).
+    verdict try_admit_ip(const asio::ip::address& ip, const serve_options& o) {
+        std::lock_guard lock(mutex_);
+        return admit_ip(ip, o) ? admitted : over_ip;
+    }
+
+    void release(const std::optional<asio::ip::address>& ip) {
         std::lock_guard lock(mutex_);
         --running_;
-        if (auto it = per_ip_.find(ip); it != per_ip_.end() && --it->second == 0) per_ip_.erase(it);
+        if (!ip) return;
+        if (auto it = per_ip_.find(*ip); it != per_ip_.end() && --it->second == 0) {
+            per_ip_.erase(it);
+        }
     }
 
     [[nodiscard]] std::size_t running() {
@@ -56,6 +62,16 @@ public:
     }
 
 private:
+    bool admit_ip(const asio::ip::address& ip, const serve_options& o) {
+        auto& from_ip = per_ip_[ip];
+        if (from_ip >= o.max_connections_per_ip) {
+            if (from_ip == 0) per_ip_.erase(ip);
+            return false;
+        }
+        ++from_ip;
+        return true;
+    }
+
     std::mutex mutex_;
     std::size_t running_ = 0;
     std::unordered_map<asio::ip::address, std::size_t> per_ip_;
@@ -73,6 +89,7 @@ struct serve_common {
     serve_options options;
     std::shared_ptr<tls_state> tls;  // the listener's: each connection handshakes first
     duration handshake_timeout{};
+    proxy_settings proxy;  // the listener's: each connection's PROXY header comes first
     admission limits;
     std::weak_ptr<loop_share> main;  // weak: the main share owns this, not the other way
     clock::time_point drain_until = clock::time_point::max();  // set before stop is posted
@@ -131,17 +148,40 @@ private:
     asio::cancellation_slot slot_;
 };
 
-task<> run_handler(std::shared_ptr<loop_share> s, connection conn, asio::ip::address ip) {
-    auto remote = conn.remote_address().to_string();
+void log_rejected(const address& remote, admission::verdict verdict) {
+    log(spdlog::level::info, "rejected {}: {}", remote.to_string(),
+        verdict == admission::over_ip ? "too many connections from this address"
+                                      : "max_connections reached");
+}
+
+// A connection's task: its preparation (PROXY header, TLS handshake), then — behind a PROXY
+// header, once the client's address is known — its per-IP admission, then the handler. `ip` is
+// the address already counted per IP (none when the header is still to tell it).
+task<> run_handler(std::shared_ptr<loop_share> s, connection conn,
+                   std::optional<asio::ip::address> ip) {
+    auto& impl = connection_access::impl(conn);
+    std::string remote;
     std::optional<std::list<std::shared_ptr<connection_impl>>::iterator> entry;
     try {
-        entry = s->live.insert(s->live.end(), connection_access::impl(conn).shared_from_this());
-        bool ready =
-            !s->common->tls ||
-            co_await handshake_or_count(connection_access::impl(conn).shared_from_this(),
-                                        s->common->tls, s->common->handshake_timeout, *s->counters);
+        entry = s->live.insert(s->live.end(), impl.shared_from_this());
+        const auto& common = *s->common;
+        bool ready = (!common.tls && common.proxy.mode == proxy_protocol::off) ||
+                     co_await prepare_or_count(impl.shared_from_this(), common.proxy, common.tls,
+                                               common.handshake_timeout, *s->counters);
+        remote = conn.remote_address().to_string();
+        if (ready && !ip) {
+            auto client = impl.remote.endpoint().address();
+            if (s->common->limits.try_admit_ip(client, common.options) == admission::admitted) {
+                ip = client;
+            } else {
+                server_counters::add(s->counters->rejected, 1);
+                log_rejected(impl.remote, admission::over_ip);
+                ready = false;
+            }
+        }
         if (ready) co_await s->common->handler(std::move(conn));
     } catch (...) {
+        if (remote.empty()) remote = impl.remote.to_string();
         log_escaped(std::current_exception(), "handler for", remote);
     }
     if (entry) s->live.erase(*entry);
@@ -154,18 +194,18 @@ task<> run_handler(std::shared_ptr<loop_share> s, connection conn, asio::ip::add
     }
 }
 
-// On `s`'s loop: wraps an accepted socket, and starts its handler or turns it away.
+// On `s`'s loop: wraps an accepted socket, and starts its handler or turns it away. Behind a
+// PROXY header the per-IP limit waits for the header (run_handler); the total counts at once.
 void deliver(const std::shared_ptr<loop_share>& s, accepted a) {
     auto impl = make_connection(s->owner, std::move(a), s->counters);
     auto conn = connection_access::make(impl);
     auto& options = s->common->options;
-    auto ip = impl->remote.endpoint().address();
+    std::optional<asio::ip::address> ip;
+    if (s->common->proxy.mode == proxy_protocol::off) ip = impl->remote.endpoint().address();
     auto verdict = s->common->limits.try_admit(ip, options);
     if (verdict != admission::admitted) {
         server_counters::add(s->counters->rejected, 1);
-        log(spdlog::level::info, "rejected {}: {}", impl->remote.to_string(),
-            verdict == admission::over_ip ? "too many connections from this address"
-                                          : "max_connections reached");
+        log_rejected(impl->remote, verdict);
         return;  // conn closes gracefully: the client reads EOF
     }
     impl->linger_timeout = options.linger_timeout;
@@ -293,6 +333,7 @@ task<> server::serve(connection_handler handler, serve_options options) {
     auto common = std::make_shared<serve_common>(std::move(handler), options);
     common->tls = listener->tls;
     common->handshake_timeout = listener->handshake_timeout;
+    common->proxy = listener->proxy;
     auto main = std::make_shared<loop_share>(listener->owner, common, listener->counters);
     common->main = main;
 

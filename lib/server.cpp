@@ -110,6 +110,7 @@ std::shared_ptr<server_state> open_listener(const address& at, const listen_opti
     state->v6_only = options.v6_only;
     state->tls = std::move(tls);
     state->handshake_timeout = options.handshake_timeout;
+    state->proxy = {options.proxy_protocol, options.proxy_from, options.proxy_header_timeout};
     if (file) state->own_socket_file(at.path());
     return state;
 }
@@ -248,6 +249,7 @@ server_stats server::stats() const noexcept {
             total.bytes_written += server_counters::get(c->bytes_written);
             total.accept_errors += server_counters::get(c->accept_errors);
             total.handshake_failures += server_counters::get(c->handshake_failures);
+            total.proxy_failures += server_counters::get(c->proxy_failures);
         }
     } catch (...) {
         // all_counters() copies a few pointers; without memory there is nothing to add up.

@@ -24,6 +24,13 @@ namespace netloop::detail {
 
 struct handshake_queue;
 
+// A listener's PROXY protocol settings (listen_options::proxy_protocol and friends).
+struct proxy_settings {
+    proxy_protocol mode = proxy_protocol::off;
+    std::vector<network> from;
+    duration timeout = std::chrono::seconds(5);
+};
+
 // An accepted socket and its peer's address, as accept() reported it.
 struct accepted {
     stream_socket socket;
@@ -45,8 +52,9 @@ struct server_state : std::enable_shared_from_this<server_state> {
     bool v6_only = true;
     std::shared_ptr<tls_state> tls;  // a server context: connections are TLS
     duration handshake_timeout = std::chrono::seconds(10);
+    proxy_settings proxy;  // a PROXY header before anything else
     std::shared_ptr<server_counters> counters = std::make_shared<server_counters>();
-    // TLS under next(): the connections whose handshake succeeded, waiting for next().
+    // PROXY header or TLS under next(): the connections prepared, waiting for next().
     std::shared_ptr<handshake_queue> handshakes;
 
     // Accept back-off after EMFILE and friends: the current delay (zero when healthy).
@@ -108,5 +116,14 @@ std::shared_ptr<connection_impl> make_connection(loop& l, accepted a,
 task<bool> handshake_or_count(std::shared_ptr<connection_impl> c,
                               std::shared_ptr<tls_state> settings, duration timeout,
                               server_counters& counters);
+
+// What a listener does to an accepted connection before anyone sees it (proxy_accept.cpp): the
+// PROXY header (its source trusted, read byte-exactly, bounded by `proxy.timeout`), then the TLS
+// handshake. True if the connection is ready; false, logged and counted (`proxy_failures`,
+// `handshake_failures`), if it is to be closed. Cancellation throws.
+[[nodiscard]] task<bool> prepare_or_count(std::shared_ptr<connection_impl> c,
+                                          const proxy_settings& proxy,
+                                          std::shared_ptr<tls_state> tls,
+                                          duration handshake_timeout, server_counters& counters);
 
 }  // namespace netloop::detail

@@ -5,12 +5,20 @@
 //          [--max-connections N] [--on-limit pause|reject] [--max-connections-per-ip N]
 //          [--idle-timeout SECONDS] [--drain-timeout SECONDS] [--linger SECONDS] [--threads N]
 //          [--balance hand-off|reuse-port] [--metrics HOST:PORT]
+//          [--proxy-protocol v1|v2|either] [--proxy-from CIDR[,CIDR...]]
 //          [--log-level trace|debug|info|warn|error|off]
 //
 // --unix listens on a Unix domain socket (a path, or @name for an abstract one) instead of
 // TCP. --tls-cert and --tls-key (PEM: certificate chain, private key) make every connection
 // TLS; a client that does not complete its handshake within 10 s is dropped and counted.
 // --max-connections-per-ip closes (and counts as rejected) a client's connection over N.
+//
+// --proxy-protocol runs the daemon behind a load balancer (HAProxy's send-proxy, nginx's
+// proxy_protocol): every connection must start with a PROXY header of that version, sent from
+// a source in --proxy-from (default: loopback only, 127.0.0.0/8 and ::1); the client's address
+// it carries is the one logged and counted by --max-connections-per-ip. A connection from any
+// other source, or without a valid header within 5 s, is closed and counted
+// (netloop_proxy_header_failures_total).
 //
 // --metrics HOST:PORT serves the server's counters to Prometheus: GET /metrics over HTTP/1.1
 // answers in the text exposition format (render_metrics), one request per connection; other
@@ -37,6 +45,7 @@
 #include <string>
 #include <string_view>
 #include <unistd.h>
+#include <vector>
 
 #include <spdlog/sinks/stdout_sinks.h>
 #include <spdlog/spdlog.h>
@@ -54,12 +63,19 @@ constexpr const char* usage =
     "              [--idle-timeout SECONDS] [--drain-timeout SECONDS] [--linger SECONDS]\n"
     "              [--threads N] [--balance hand-off|reuse-port]\n"
     "              [--metrics HOST:PORT]\n"
+    "              [--proxy-protocol v1|v2|either] [--proxy-from CIDR[,CIDR...]]\n"
     "              [--log-level trace|debug|info|warn|error|off]\n"
     "\n"
     "  --max-connections-per-ip N  at most N connections at once from one IP address;\n"
     "                              one more is closed at once and counted as rejected\n"
     "  --metrics HOST:PORT         serve GET /metrics (Prometheus text format) on HOST:PORT;\n"
     "                              prints \"metrics on <address>\" after \"listening on\"\n"
+    "  --proxy-protocol VERSION    behind a load balancer: each connection starts with a PROXY\n"
+    "                              header (v1, v2 or either) carrying the client's address,\n"
+    "                              used for logs and --max-connections-per-ip\n"
+    "  --proxy-from CIDR,...       the balancers trusted to send it (default: loopback only);\n"
+    "                              a connection from elsewhere, or with no valid header, is\n"
+    "                              closed and counted\n"
     "  --linger SECONDS            how long a closing connection waits for its peer to close\n"
     "                              (default 2); a connection cut by the drain never waits\n";
 
@@ -69,6 +85,8 @@ struct config {
     std::string tls_cert;
     std::string tls_key;
     std::string metrics_at;
+    netloop::proxy_protocol proxy = netloop::proxy_protocol::off;
+    std::vector<netloop::network> proxy_from = netloop::loopback_networks();
     netloop::serve_options serve;
     spdlog::level::level_enum log_level = spdlog::level::info;
 };
@@ -136,6 +154,23 @@ config parse(int argc, char** argv) {
         } else if (arg == "--metrics") {
             (void)netloop::address::parse(value);  // reports bad text now, as a usage error
             c.metrics_at = value;
+        } else if (arg == "--proxy-protocol") {
+            if (value == "v1") {
+                c.proxy = netloop::proxy_protocol::v1;
+            } else if (value == "v2") {
+                c.proxy = netloop::proxy_protocol::v2;
+            } else if (value == "either") {
+                c.proxy = netloop::proxy_protocol::either;
+            } else {
+                throw bad_usage{"--proxy-protocol is v1, v2 or either, not '" + std::string(value) +
+                                "'"};
+            }
+        } else if (arg == "--proxy-from") {
+            try {
+                c.proxy_from = netloop::parse_networks(value);
+            } catch (const netloop::error& e) {
+                throw bad_usage{"--proxy-from: " + std::string(e.what())};
+            }
         } else if (arg == "--idle-timeout") {
             c.serve.idle_timeout = parse_seconds(arg, value);
         } else if (arg == "--drain-timeout") {
@@ -170,6 +205,11 @@ config parse(int argc, char** argv) {
 
 // Echo until the peer closes; the idle timeout, not the per-call one, ends a silent client.
 netloop::task<> echo(netloop::connection conn) {
+    if (auto log = netloop::logger(); log && log->should_log(spdlog::level::debug)) {
+        auto via = conn.proxy_address();
+        log->debug("client {}{}", conn.remote_address().to_string(),
+                   via ? " via " + via->to_string() : std::string());
+    }
     // An echo answers each read with one write: without TCP_NODELAY the tail of a large
     // message waits for the peer's delayed ACK (up to 40 ms on Linux).
     conn.set_no_delay(true);
@@ -183,6 +223,8 @@ netloop::task<> echo(netloop::connection conn) {
 // The server: the socket systemd passed, or one we listen on.
 netloop::server open_server(const config& cfg, const std::shared_ptr<spdlog::logger>& log) {
     netloop::listen_options options;
+    options.proxy_protocol = cfg.proxy;
+    options.proxy_from = cfg.proxy_from;
     if (!cfg.tls_cert.empty())
         options.tls = netloop::tls_context::server(cfg.tls_cert, cfg.tls_key);
     auto activated = netloop::listen_activated(options);
@@ -302,9 +344,9 @@ void log_stats(const netloop::server& server, const std::shared_ptr<spdlog::logg
     auto s = server.stats();
     log->info(
         "stats: accepted={} rejected={} active={} peak_active={} bytes_read={} "
-        "bytes_written={} accept_errors={} handshake_failures={}",
+        "bytes_written={} accept_errors={} handshake_failures={} proxy_failures={}",
         s.accepted, s.rejected, s.active, s.peak_active, s.bytes_read, s.bytes_written,
-        s.accept_errors, s.handshake_failures);
+        s.accept_errors, s.handshake_failures, s.proxy_failures);
 }
 
 netloop::task<> stats_on_sigusr1(netloop::signal_stream signals, netloop::server& server,

@@ -78,6 +78,8 @@ TEST_CASE("daemon rejects a bad flag or value with exit status 2 and a message n
         {{"300.1.1.1:80"}, "300.1.1.1:80"},
         {{"127.0.0.1:0", "--max-connections-per-ip", "0"}, "--max-connections-per-ip"},
         {{"127.0.0.1:0", "--metrics", "localhost"}, "localhost"},
+        {{"127.0.0.1:0", "--proxy-protocol", "v3"}, "v3"},
+        {{"127.0.0.1:0", "--proxy-from", "10.1.2.3/8"}, "--proxy-from"},
     };
     auto index = GENERATE(range(0, 7));
     const auto& c = cases[static_cast<std::size_t>(index)];

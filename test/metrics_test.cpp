@@ -22,7 +22,8 @@ const server_stats sample{.accepted = 12,
                           .bytes_read = 123456789012,
                           .bytes_written = 987654321,
                           .accept_errors = 4,
-                          .handshake_failures = 5};
+                          .handshake_failures = 5,
+                          .proxy_failures = 6};
 
 std::vector<std::string> lines(const std::string& text) {
     std::vector<std::string> out;
@@ -64,6 +65,8 @@ TEST_CASE("render_metrics() gives one sample per counter, with HELP and TYPE", "
              "netloop_accept_errors_total 4",
              "# TYPE netloop_tls_handshake_failures_total counter",
              "netloop_tls_handshake_failures_total 5",
+             "# TYPE netloop_proxy_header_failures_total counter",
+             "netloop_proxy_header_failures_total 6",
              "# TYPE netloop_draining gauge",
              "netloop_draining 0",
          }) {
@@ -83,9 +86,9 @@ TEST_CASE("render_metrics() gives one sample per counter, with HELP and TYPE", "
             ++samples;
         }
     }
-    CHECK(help == 9);
-    CHECK(type == 9);
-    CHECK(samples == 9);
+    CHECK(help == 10);
+    CHECK(type == 10);
+    CHECK(samples == 10);
 }
 
 TEST_CASE("netloop_draining reads 1 while the server drains", "[metrics]") {

@@ -134,8 +134,13 @@ public:
     /// False once `close()` was called.
     [[nodiscard]] bool is_open() const noexcept;
 
-    /// The peer's address.
+    /// The peer's address: behind a load balancer that sends a PROXY protocol header
+    /// (`listen_options::proxy_protocol`), the client's address the header carries.
     [[nodiscard]] const address& remote_address() const noexcept;
+
+    /// The load balancer's address, when a PROXY protocol header replaced `remote_address()`
+    /// with the client's; `nullopt` otherwise (no header, or a `LOCAL` or `UNKNOWN` one).
+    [[nodiscard]] std::optional<address> proxy_address() const;
 
     /// The local end's address.
     [[nodiscard]] const address& local_address() const noexcept;

@@ -35,6 +35,7 @@ struct metrics_options {
 /// | `netloop_bytes_written_total` | counter | `bytes_written` |
 /// | `netloop_accept_errors_total` | counter | `accept_errors` |
 /// | `netloop_tls_handshake_failures_total` | counter | `handshake_failures` |
+/// | `netloop_proxy_header_failures_total` | counter | `proxy_failures` |
 /// | `netloop_draining` | gauge | `options.draining` (0 or 1) |
 ///
 /// Safe from any thread (it only reads `stats`).

@@ -16,6 +16,7 @@
 #include <netloop/connection.hpp>
 #include <netloop/export.hpp>
 #include <netloop/loop.hpp>
+#include <netloop/proxy.hpp>
 #include <netloop/task.hpp>
 
 namespace netloop {
@@ -37,6 +38,9 @@ struct server_stats {
     std::uint64_t bytes_written = 0;       ///< bytes written to all connections
     std::uint64_t accept_errors = 0;       ///< failed accept attempts (EMFILE, ECONNABORTED, ...)
     std::uint64_t handshake_failures = 0;  ///< TLS handshakes that failed or timed out
+    /// Connections refused for their PROXY protocol header: missing, invalid, too slow, or from
+    /// a source outside `listen_options::proxy_from`
+    std::uint64_t proxy_failures = 0;
 };
 
 /// The connections a server accepts, as an awaitable generator.
@@ -95,6 +99,22 @@ struct listen_options {
     /// run side by side, each in a task of its own: a client that stays silent delays nobody.
     tls_context tls{};
     duration handshake_timeout = std::chrono::seconds(10);
+    /// HAProxy's PROXY protocol: with anything but `off`, every connection must begin with a
+    /// header of the versions named, sent by a source in `proxy_from`; `remote_address()` is
+    /// then the client's address the header carries (`proxy_address()` the balancer's), and
+    /// `serve()`'s per-IP limit and logs use it. The header is read (byte-exactly: nothing after
+    /// it is consumed) and validated before `next()` or `serve()` hands the connection over, and
+    /// before its TLS handshake. A connection from a source outside `proxy_from`, or with a
+    /// missing, invalid or oversized header, or one not complete within `proxy_header_timeout`,
+    /// is closed and counted in `stats().proxy_failures`: never trusted. A `LOCAL` header (a
+    /// balancer's health check) is accepted and keeps the socket's own peer address. Unix socket
+    /// peers are in no network: on a Unix listener the socket file's mode decides who may send a
+    /// header.
+    netloop::proxy_protocol proxy_protocol = netloop::proxy_protocol::off;
+    /// The sources trusted to send a PROXY header (the balancers): loopback only by default.
+    std::vector<network> proxy_from = loopback_networks();
+    /// The whole header's bound, from accept: a client that sends it slowly is cut at this.
+    duration proxy_header_timeout = std::chrono::seconds(5);
 };
 
 /// How `serve()` runs connections. An aggregate: `{.max_connections = 1000, .idle_timeout = 30s}`.
