@@ -120,57 +120,17 @@ task<std::vector<std::byte>> connection::read(std::size_t max_bytes, duration ti
     }
 }
 
-namespace detail {
-namespace {
-
-constexpr std::uint8_t max_sends_in_a_row = 16;
-
-// The common case of a write: the socket's send buffer takes the bytes at once. One
-// non-blocking send from the caller, as Asio's own first attempt would be, but without its
-// reactor operation, the posted completion and the coroutine's suspension and resumption. Only
-// over plain TCP or Unix sockets, with no other write in flight, and at most
-// `max_sends_in_a_row` times in a row. Returns the bytes sent (0: none, or not tried); a
-// failure other than a full buffer is returned in `ec`.
-std::size_t send_now(connection_impl& c, std::span<const std::byte> bytes,
-                     asio::error_code& ec) noexcept {
-    if (c.stream.is_tls() || c.writer.pending || c.sends_in_a_row >= max_sends_in_a_row) return 0;
-    for (;;) {
-        auto n = ::send(c.stream.socket().native_handle(), bytes.data(), bytes.size(),
-                        MSG_DONTWAIT | MSG_NOSIGNAL);
-        if (n > 0) {
-            ++c.sends_in_a_row;
-            if (c.limits) c.limits->last_activity = clock::now();
-            c.count_written(static_cast<std::size_t>(n));
-            return static_cast<std::size_t>(n);
-        }
-        if (n < 0 && errno == EINTR) continue;
-        if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK) {
-            ec = asio::error_code(errno, asio::system_category());
-        }
-        return 0;
-    }
-}
-
-}  // namespace
-}  // namespace detail
-
 task<> connection::write(std::span<const std::byte> bytes, duration timeout) {
     auto& c = *impl_;
     if (c.closed) throw error(errc::connection_closed, c.describe("write"));
     if (bytes.empty()) co_return;
-    asio::error_code now_ec;
-    std::size_t sent = detail::send_now(c, bytes, now_ec);
-    if (now_ec) throw c.failure("write", now_ec, c.writer);
-    if (sent == bytes.size()) co_return;
-    bytes = bytes.subspan(sent);
-    c.sends_in_a_row = 0;
     auto slot = (co_await asio::this_coro::cancellation_state).slot();
     detail::operation op(c, c.writer, timeout, slot);
     auto [ec, n] = co_await c.stream.async_write(asio::buffer(bytes.data(), bytes.size()),
                                                  detail::transfer_all_touching{&c}, op.token());
     c.count_written(n);
     if (!ec) co_return;
-    auto failure = c.failure("write", ec, c.writer, sent + n);
+    auto failure = c.failure("write", ec, c.writer, n);
     // Over TLS a record may be half-sent: the stream cannot go on, so the connection ends.
     if (c.stream.is_tls()) c.abort();
     throw failure;

@@ -125,10 +125,6 @@ struct connection_impl : std::enable_shared_from_this<connection_impl> {
     std::uint32_t reads_begun = 0;
     std::uint32_t drain_mark = 0;
     bool timer_armed = false;  // a wait on `timer` is outstanding
-    // Writes in a row that completed at once, in the caller (connection.cpp, send_now): after
-    // `max_sends_in_a_row` the next one goes through the reactor, which posts its completion, so
-    // a task that only writes cannot keep the loop from everyone else.
-    std::uint8_t sends_in_a_row = 0;
 
     [[nodiscard]] const address& local() const;
 

@@ -107,11 +107,6 @@ public:
     /// Over TLS a write that times out or is cancelled may have sent half a record, so it
     /// closes the connection (with a reset) instead: `bytes_written()` still says how many of
     /// `bytes` went out, but there is nothing to resume.
-    ///
-    /// Over TCP and Unix sockets, a write that the socket's send buffer takes whole completes
-    /// without suspending the caller (one `send`, no trip through the loop); after 16 of those
-    /// in a row the next write goes through the loop, so a task that only writes cannot keep
-    /// the loop's other tasks waiting.
     [[nodiscard]] task<> write(std::span<const std::byte> bytes, duration timeout);
 
     /// Writes all of `text`; see `write(span, timeout)`.
