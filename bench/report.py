@@ -35,8 +35,10 @@ SERVERS = {
     "netloop": "netloop: samples/echo (30 s timeouts)",
     "netloop_nt": "netloop: no timeouts",
     "netloop_lean": "netloop: read(max_bytes), 30 s",
+    "base": "samples/echo of the BENCH_BASE build (another netloop commit), paired with netloop",
+    "base_lean": "echo_lean of the BENCH_BASE build, paired with netloop_lean",
 }
-NETLOOP = ("netloop", "netloop_nt", "netloop_lean")
+NETLOOP = ("netloop", "netloop_nt", "netloop_lean", "base", "base_lean")
 
 # id, text, config, server, reference (None: absolute), metric, comparison, goal, kind
 # kind: "target" (issue 12's bound), "aim" (the goal beyond it), "report" (shown, no bound).
@@ -327,6 +329,27 @@ def echo_section(args, runs, notes, syscalls=()):
         out.append(f"| {text} | {server} {a:.2f} vs {ref} {b:.2f} per connection | "
                    f"{(a / b if b else float('nan')):.2f} | ≤ 1.00× | {verdict} | {why} |")
     out.append("")
+
+    pairs = [(c, "netloop", "base", "cpu") for c in configs if not c.startswith("idle")] + \
+        [(c, "netloop_lean", "base_lean", "rss") for c in configs if c.startswith("idle")]
+    pairs = [p for p in pairs if (p[0], p[1]) in t.runs and (p[0], p[2]) in t.runs]
+    if pairs:
+        out.append("### Side by side: this build against the BENCH_BASE build\n")
+        out.append("The same configuration, the two builds one after the other in every repeat. "
+                   "Ratio this ÷ base: below 1 means this build uses less.\n")
+        out.append("| configuration | metric | this build | base build | this ÷ base | "
+                   "this ÷ epoll | base ÷ epoll |")
+        out.append("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
+        for config, mine, base, metric in pairs:
+            unit = "CPU µs/msg" if metric == "cpu" else "RSS B/conn"
+            out.append("| " + " | ".join([
+                CONFIGS[config], unit,
+                f"{mine} {fmt_stat(t.stat(config, mine, metric))}",
+                f"{base} {fmt_stat(t.stat(config, base, metric))}",
+                fmt_ratio(t.ratio(config, mine, base, metric)),
+                fmt_ratio(t.ratio(config, mine, "epoll", metric)),
+                fmt_ratio(t.ratio(config, base, "epoll", metric))]) + " |")
+        out.append("")
 
     out.append("### Throughput, latency and server CPU per message\n")
     out.append("| configuration | server | msgs/s | p99 µs | CPU µs/msg | CPU µs/msg (utime+stime) "
