@@ -116,25 +116,16 @@ struct loop_share {
     void notify() noexcept { wake.cancel(); }
 };
 
-// Waits on `wake` until notified or `until` passes. Bound to an unconnected cancellation
-// slot: serve() handles its own cancellation (cancel_forwarder).
-task<> wait_for_wake(loop_share& s, clock::time_point until) {
-    s.wake.expires_at(until);
-    auto [ec] = co_await s.wake.async_wait(
-        asio::bind_cancellation_slot(asio::cancellation_slot(), use_tuple));
-    (void)ec;
-}
-
 // While alive, cancelling the awaiting coroutine sets `fired` and wakes the share.
+//
+// Asio 1.22's use_awaitable clears the coroutine's cancellation slot whenever an operation it
+// awaited completes (asio/impl/use_awaitable.hpp), which would silently drop this handler after
+// the first wait: wait_for_wake() puts it back before the coroutine can suspend again, so a
+// cancellation that arrives at any later point still reaches it.
 class cancel_forwarder {
 public:
-    cancel_forwarder(asio::cancellation_slot slot, loop_share& s) : slot_(slot) {
-        if (slot_.is_connected()) {
-            slot_.assign([this, &s](asio::cancellation_type) {
-                fired = true;
-                s.notify();
-            });
-        }
+    cancel_forwarder(asio::cancellation_slot slot, loop_share& s) : slot_(slot), share_(s) {
+        rearm();
     }
     ~cancel_forwarder() {
         if (slot_.is_connected()) slot_.clear();
@@ -142,11 +133,31 @@ public:
     cancel_forwarder(const cancel_forwarder&) = delete;
     cancel_forwarder& operator=(const cancel_forwarder&) = delete;
 
+    void rearm() {
+        if (!slot_.is_connected() || slot_.has_handler()) return;
+        slot_.assign([this](asio::cancellation_type) {
+            fired = true;
+            share_.notify();
+        });
+    }
+
     bool fired = false;
 
 private:
     asio::cancellation_slot slot_;
+    loop_share& share_;
 };
+
+// Waits on `wake` until notified or `until` passes. Bound to an unconnected cancellation
+// slot: serve() handles its own cancellation through `forwarder`, re-armed after the wait.
+task<> wait_for_wake(loop_share& s, clock::time_point until,
+                     cancel_forwarder* forwarder = nullptr) {
+    s.wake.expires_at(until);
+    auto [ec] = co_await s.wake.async_wait(
+        asio::bind_cancellation_slot(asio::cancellation_slot(), use_tuple));
+    (void)ec;
+    if (forwarder != nullptr) forwarder->rearm();
+}
 
 void log_rejected(const address& remote, admission::verdict verdict) {
     log(spdlog::level::info, "rejected {}: {}", remote.to_string(),
@@ -229,7 +240,7 @@ task<> accept_loop(std::shared_ptr<loop_share> self, std::shared_ptr<server_stat
             auto state = co_await asio::this_coro::cancellation_state;
             cancel_forwarder on_cancel(state.slot(), *self);
             auto entry = listener->wake_on_close.insert(listener->wake_on_close.end(), &self->wake);
-            co_await wait_for_wake(*self, clock::time_point::max());
+            co_await wait_for_wake(*self, clock::time_point::max(), &on_cancel);
             listener->wake_on_close.erase(entry);
             cancelled = on_cancel.fired;
             if (cancelled) break;
@@ -263,7 +274,7 @@ task<> drain_share(std::shared_ptr<loop_share> s, cancel_forwarder* forwarder) {
             if (ended > 0) log(spdlog::level::debug, "drain: ended {} idle connection(s)", ended);
             next_look = deadline_after(clock::now(), options.drain_idle_grace);
         }
-        co_await wait_for_wake(*s, std::min(s->common->drain_until, next_look));
+        co_await wait_for_wake(*s, std::min(s->common->drain_until, next_look), forwarder);
     }
     if (s->running == 0) co_return;
     bool forced = s->force || (forwarder != nullptr && forwarder->fired);
@@ -278,7 +289,7 @@ task<> drain_share(std::shared_ptr<loop_share> s, cancel_forwarder* forwarder) {
     // Cancelled handlers end promptly; one that ignores cancellation is left to finish on its
     // own after a last second, detached (it holds what it uses).
     auto last = clock::now() + std::chrono::seconds(1);
-    while (s->running > 0 && clock::now() < last) co_await wait_for_wake(*s, last);
+    while (s->running > 0 && clock::now() < last) co_await wait_for_wake(*s, last, forwarder);
 }
 
 // An extra loop of a multi-core serve(), with its thread.
@@ -418,7 +429,7 @@ task<> server::serve(connection_handler handler, serve_options options) {
                 });
             }
         }
-        co_await wait_for_wake(*main, clock::time_point::max());
+        co_await wait_for_wake(*main, clock::time_point::max(), &force);
     }
     // The extra loops still run their lingering closes after draining; wait for their threads
     // on this loop (never by blocking it in join()), so it goes on serving what it has.
