@@ -69,6 +69,7 @@ task<std::size_t> connection::read(std::span<std::byte> buf, duration timeout) {
     c.settle();
     if (c.read_end != c.read_begin) co_return c.take_buffered(buf);
     if (c.closed) throw error(errc::connection_closed, c.describe("read"));
+    if (c.drain_ends_read()) throw c.drained_error("read");
     auto slot = (co_await asio::this_coro::cancellation_state).slot();
     detail::operation op(c, c.reader, timeout, slot);
     auto [ec, n] =
@@ -88,6 +89,7 @@ task<std::vector<std::byte>> connection::read(std::size_t max_bytes, duration ti
         co_return out;
     }
     if (c.closed) throw error(errc::connection_closed, c.describe("read"));
+    if (c.drain_ends_read()) throw c.drained_error("read");
     auto slot = (co_await asio::this_coro::cancellation_state).slot();
     detail::operation op(c, c.reader, timeout, slot);
     if (c.stream.is_tls()) {
@@ -141,6 +143,20 @@ task<> connection::write(std::string_view text, duration timeout) {
 }
 
 bool connection::is_open() const noexcept { return impl_ && !impl_->closed; }
+
+void connection::begin_message() noexcept {
+    impl_->marks_boundaries = true;
+    impl_->message_open = true;
+}
+
+void connection::end_message() noexcept {
+    impl_->marks_boundaries = true;
+    impl_->message_open = false;
+}
+
+bool connection::draining() const noexcept {
+    return impl_->counters && impl_->counters->draining.load(std::memory_order_relaxed);
+}
 
 const address& connection::remote_address() const noexcept { return impl_->remote; }
 

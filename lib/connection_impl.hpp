@@ -52,6 +52,11 @@ struct server_counters {
     // Set by serve() when it cuts its connections (a forced drain, or the drain's deadline):
     // they close at once, with no linger — they have no finished reply to protect.
     std::atomic<bool> cutting{false};
+    // Set by serve() when its drain begins (connection::draining()), and once connections
+    // waiting between messages are to be ended (after serve_options::drain_idle_grace): a read
+    // that would wait at a message boundary then ends instead (connection_impl::drain_ends_read).
+    std::atomic<bool> draining{false};
+    std::atomic<bool> ending_idle{false};
 
     static std::uint64_t get(const counter& c) noexcept {
         return c.load(std::memory_order_relaxed);
@@ -73,6 +78,7 @@ struct direction {
     clock::time_point at = never;
     bool pending = false;  // an operation of this direction is in flight
     bool expired = false;  // its deadline passed and cancelled it
+    bool drained = false;  // a drain ended it, at a message boundary
 };
 
 // Whole-connection bounds set by serve(): no byte either way for `idle`, or older than `until`.
@@ -116,15 +122,27 @@ struct connection_impl : std::enable_shared_from_this<connection_impl> {
     std::size_t pending_consume = 0;
     bool closed = false;
     bool limit_expired = false;  // closed by idle_timeout or connection_deadline
-    bool drained = false;        // its idle read was ended by a drain
     // A read saw the peer's EOF: no input can follow, so a close needs no linger (set by
     // failure(), the one place every failed read passes through).
     mutable bool peer_closed = false;
-    // Reads begun so far, and the count a drain saw when it last looked: a read still pending
-    // under the same count, with nothing buffered, has waited the whole time in between.
+    bool timer_armed = false;  // a wait on `timer` is outstanding
+    // Where the stream stands in the protocol's messages (drain.cpp): inside one the handler
+    // opened (connection::begin_message), or inside a frame a framing call is reading (a
+    // read_exactly past its first byte, a PROXY header or TLS handshake under way). Bytes in
+    // the framing buffer count as a message begun too.
+    bool message_open = false;
+    bool frame_open = false;
+    // The handler says where messages begin: it used a framing call or begin/end_message. Until
+    // then (raw reads only) the boundaries are unknown and a drain goes by silence instead.
+    bool marks_boundaries = false;
+    // Under serve(): no byte of the stream has arrived yet, so the first message is under way
+    // (a client that connected, or finished its handshake, just before a drain is served, as Go's
+    // Server.Shutdown keeps its new connections). Cleared by the first byte read.
+    bool fresh = false;
+    // Reads begun so far, and the count a drain saw when it last looked: for a handler that marks
+    // no boundaries, a read still pending under the same count has waited a whole interval.
     std::uint32_t reads_begun = 0;
     std::uint32_t drain_mark = 0;
-    bool timer_armed = false;  // a wait on `timer` is outstanding
 
     [[nodiscard]] const address& local() const;
 
@@ -149,9 +167,21 @@ struct connection_impl : std::enable_shared_from_this<connection_impl> {
     // what was written still goes out (input that has arrived is discarded first, so the close
     // is no reset), but nothing waits for the peer.
     void cut() noexcept;
-    // drain.cpp: during a drain, true if the connection waits in a read for a new message —
-    // nothing buffered, and no byte since the previous look — and then ends that read.
+    // drain.cpp: true if the connection stands between two messages it marks, with no input
+    // waiting and no write pending: a drain may end it there.
+    [[nodiscard]] bool idle_now() noexcept;
+    // drain.cpp: during a drain, true if the connection waits in a read at a message boundary
+    // (idle_now), and then ends that read: its caller sees connection_closed ("server draining").
     bool end_if_idle() noexcept;
+    // drain.cpp: the drain's look, every drain_idle_grace: end_if_idle(), and for a handler that
+    // marks no boundaries, ends a read that waited with no byte since the previous look.
+    bool drain_look() noexcept;
+    // drain.cpp: true if a read about to wait must end instead, the drain having begun with this
+    // connection at a boundary it marks. One flag test unless a drain runs.
+    [[nodiscard]] bool drain_ends_read() noexcept {
+        return counters && counters->ending_idle.load(std::memory_order_relaxed) && idle_now();
+    }
+    [[nodiscard]] error drained_error(const char* operation) const;
     // linger.cpp: marks the connection closed and ends its pending operations; false if it
     // already was.
     bool mark_closed() noexcept;
@@ -162,6 +192,7 @@ struct connection_impl : std::enable_shared_from_this<connection_impl> {
     [[nodiscard]] std::string describe(const char* operation) const;
 
     void count_read(std::size_t n) noexcept {
+        fresh = false;
         if (counters) server_counters::add(counters->bytes_read, n);
     }
     void count_written(std::size_t n) noexcept {

@@ -15,6 +15,7 @@ namespace netloop::detail {
 void connection_impl::begin(direction& d, duration timeout) {
     d.pending = true;
     d.expired = false;
+    d.drained = false;
     if (&d == &reader) ++reads_begun;
     if (timeout == no_timeout && !limits) {
         d.at = never;
@@ -29,6 +30,12 @@ void connection_impl::begin(direction& d, duration timeout) {
 void connection_impl::end(direction& d) noexcept {
     d.pending = false;
     if (limits) limits->last_activity = clock::now();
+    // A full-duplex handler's read may wait at a boundary while a write runs: once the write is
+    // done, a drain past its idle stage ends that read.
+    if (&d == &writer && reader.pending && counters &&
+        counters->ending_idle.load(std::memory_order_relaxed)) {
+        end_if_idle();
+    }
 }
 
 void connection_impl::arm(clock::time_point at) {

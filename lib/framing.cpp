@@ -83,9 +83,11 @@ duration left(clock::time_point until) {
 
 task<std::size_t> connection::fill(duration timeout, std::size_t max_buffered) {
     auto& c = *impl_;
+    c.marks_boundaries = true;  // what a parser has not consumed yet stays buffered
     detail::start_read(c);
     auto room = detail::room_to_fill(c, max_buffered);
     if (c.closed) throw error(errc::connection_closed, c.describe("read"));
+    if (c.drain_ends_read()) throw c.drained_error("read");
     auto slot = (co_await asio::this_coro::cancellation_state).slot();
     detail::operation op(c, c.reader, timeout, slot);
     auto [ec, n] =
@@ -98,13 +100,17 @@ task<std::size_t> connection::fill(duration timeout, std::size_t max_buffered) {
 
 task<> connection::read_exactly(std::span<std::byte> buf, duration timeout) {
     auto& c = *impl_;
+    c.marks_boundaries = true;
     detail::start_read(c);
     std::size_t got = c.take_buffered(buf);
     auto until = detail::never;
     bool first = true;
     auto slot = (co_await asio::this_coro::cancellation_state).slot();
+    // From its first byte to its last the call is inside a message: a drain lets it finish.
     while (got < buf.size()) {
         if (c.closed) throw error(errc::connection_closed, c.describe("read"));
+        c.frame_open = got > 0;
+        if (!c.frame_open && c.drain_ends_read()) throw c.drained_error("read");
         detail::operation op(c, c.reader, first ? timeout : detail::left(until), slot);
         if (first) until = c.reader.at;
         first = false;
@@ -115,6 +121,7 @@ task<> connection::read_exactly(std::span<std::byte> buf, duration timeout) {
         c.count_read(n);
         got += n;
     }
+    c.frame_open = false;
 }
 
 task<std::string_view> connection::read_until(std::string_view delimiter, std::size_t max_length,
@@ -123,6 +130,7 @@ task<std::string_view> connection::read_until(std::string_view delimiter, std::s
     if (delimiter.empty()) {
         throw error(errc::invalid_argument, c.describe("read_until") + " (empty delimiter)");
     }
+    c.marks_boundaries = true;
     detail::start_read(c);
     auto until = detail::never;
     bool first = true;
@@ -144,6 +152,8 @@ task<std::string_view> connection::read_until(std::string_view delimiter, std::s
         auto room =
             detail::room_to_fill(c, max_length + std::min(delimiter.size(), SIZE_MAX - max_length));
         if (c.closed) throw error(errc::connection_closed, c.describe("read"));
+        // A partial frame is buffered, so this wait is at a boundary only with nothing buffered.
+        if (c.drain_ends_read()) throw c.drained_error("read_until");
         auto slot = (co_await asio::this_coro::cancellation_state).slot();
         detail::operation op(c, c.reader, first ? timeout : detail::left(until), slot);
         if (first) until = c.reader.at;

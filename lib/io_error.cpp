@@ -16,10 +16,7 @@ error connection_impl::failure(const char* operation, const asio::error_code& ec
     }
     if (ec == asio::error::operation_aborted || ec == asio::error::bad_descriptor) {
         if (limit_expired) return error(errc::timeout, describe(operation), 0, bytes_written);
-        if (drained) {
-            return error(errc::connection_closed, describe(operation) + " (server draining)", 0,
-                         bytes_written);
-        }
+        if (d.drained) return drained_error(operation);
         if (closed) return error(errc::connection_closed, describe(operation), 0, bytes_written);
         if (d.expired) return error(errc::timeout, describe(operation), 0, bytes_written);
         return error(errc::cancelled, describe(operation), 0, bytes_written);

@@ -76,6 +76,7 @@ task<> read_proxy_header(std::shared_ptr<connection_impl> c, const proxy_setting
             c->remote = proxy_unix_address(h.source_unix);
         }
         c->read_begin = c->read_end = c->pending_consume = 0;
+        c->fresh = true;  // the header is not part of the stream: its first message is to come
         if (log_enabled(spdlog::level::debug)) {
             log(spdlog::level::debug, "PROXY v{} header from {}: client {}", h.version,
                 c->proxy ? c->proxy->to_string() : c->remote.to_string(),
@@ -90,6 +91,13 @@ task<> read_proxy_header(std::shared_ptr<connection_impl> c, const proxy_setting
 task<bool> prepare_or_count(std::shared_ptr<connection_impl> c, const proxy_settings& proxy,
                             std::shared_ptr<tls_state> tls, duration handshake_timeout,
                             server_counters& counters) {
+    // A header or handshake under way is inside a message: a drain lets it finish (it has its
+    // own timeouts). The handler's reads start at a boundary.
+    c->frame_open = true;
+    struct boundary_after {
+        connection_impl& c;
+        ~boundary_after() { c.frame_open = false; }
+    } at_end{*c};
     if (proxy.mode != proxy_protocol::off) {
         try {
             co_await read_proxy_header(c, proxy);
@@ -101,8 +109,7 @@ task<bool> prepare_or_count(std::shared_ptr<connection_impl> c, const proxy_sett
         }
     }
     if (!tls) co_return true;
-    co_return co_await handshake_or_count(std::move(c), std::move(tls), handshake_timeout,
-                                          counters);
+    co_return co_await handshake_or_count(c, std::move(tls), handshake_timeout, counters);
 }
 
 }  // namespace netloop::detail

@@ -220,6 +220,7 @@ void deliver(const std::shared_ptr<loop_share>& s, accepted a) {
         return;  // conn closes gracefully: the client reads EOF
     }
     impl->linger_timeout = options.linger_timeout;
+    impl->fresh = true;
     impl->set_limits(options.idle_timeout, options.connection_deadline);
     ++s->running;
     // The exit handler holds the share: the registry it unlinks from lives there.
@@ -260,31 +261,36 @@ task<> accept_loop(std::shared_ptr<loop_share> self, std::shared_ptr<server_stat
 }
 
 // Lets this loop's handlers finish until the drain deadline (or a forced drain), then cancels
-// the rest and waits a last second for them. Meanwhile, every `drain_idle_grace`, it ends the
-// reads of connections that wait, idle, for a new message (connection_impl::end_if_idle):
-// their handlers see connection_closed at once.
+// the rest and waits a last second for them. With `close_idle_on_drain` it ends at once the
+// reads that wait at a message boundary (connection_impl::end_if_idle), and from then on every
+// read that would wait at one ends instead (connection_impl::drain_ends_read): a handler inside a
+// message finishes it first. Handlers that mark no boundaries (raw reads) are looked at every
+// `drain_idle_grace`, and ended once a read waited a whole interval (connection_impl::drain_look).
 task<> drain_share(std::shared_ptr<loop_share> s, cancel_forwarder* forwarder) {
     const auto& options = s->common->options;
+    auto& counters = *s->counters;
+    counters.draining.store(true, std::memory_order_relaxed);
+    if (options.close_idle_on_drain) counters.ending_idle.store(true, std::memory_order_relaxed);
+    auto forced = [&] { return s->force || (forwarder != nullptr && forwarder->fired); };
     auto next_look = options.close_idle_on_drain ? clock::now() : never;
-    while (s->running > 0 && !s->force && !(forwarder != nullptr && forwarder->fired) &&
-           clock::now() < s->common->drain_until) {
+    while (s->running > 0 && !forced() && clock::now() < s->common->drain_until) {
         if (clock::now() >= next_look) {
             std::size_t ended = 0;
-            for (auto& c : s->live) ended += c->end_if_idle() ? 1 : 0;
+            for (auto& c : s->live) ended += c->drain_look() ? 1 : 0;
             if (ended > 0) log(spdlog::level::debug, "drain: ended {} idle connection(s)", ended);
             next_look = deadline_after(clock::now(), options.drain_idle_grace);
         }
         co_await wait_for_wake(*s, std::min(s->common->drain_until, next_look), forwarder);
     }
     if (s->running == 0) co_return;
-    bool forced = s->force || (forwarder != nullptr && forwarder->fired);
+    bool cut = forced();
     log(spdlog::level::warn, "{}: cancelling {} connection(s)",
-        forced ? "forced drain" : "drain timeout", s->running);
+        cut ? "forced drain" : "drain timeout", s->running);
     // A forced stop cuts: what these handlers wrote still goes out, but nothing waits for their
     // peers, so the exit is immediate. At the drain's deadline the connections still close
     // gracefully (bounded by linger_timeout): a peer that is still sending would otherwise
     // reset the connection and lose what the handler wrote.
-    if (forced) s->counters->cutting.store(true, std::memory_order_relaxed);
+    if (cut) counters.cutting.store(true, std::memory_order_relaxed);
     s->handlers.cancel_all();
     // Cancelled handlers end promptly; one that ignores cancellation is left to finish on its
     // own after a last second, detached (it holds what it uses).

@@ -61,6 +61,10 @@ public:
     // Half-close: TLS's close_notify, or shutdown(SHUT_WR); reading goes on.
     void shutdown_send() noexcept;
 
+    // True if a read would not wait: bytes (or the peer's EOF, or an error) are in the kernel,
+    // or decrypted ones inside OpenSSL. One non-blocking peek; asked only during a drain.
+    [[nodiscard]] bool input_waiting() noexcept;
+
 private:
     stream_socket socket_;
 #if NETLOOP_HAS_TLS

@@ -2,13 +2,18 @@
 // kv: an in-memory key-value server that speaks Redis's protocol, for redis-cli and
 // redis-benchmark.
 //
-//     kv [host:port]                     default 127.0.0.1:6379 (no auth, so loopback only)
+//     kv [host:port] [--maxclients N] [--timeout S]
+//                          default 127.0.0.1:6379 (no auth, so loopback only); as Redis's
+//                          maxclients (10000; over it "-ERR max number of clients reached") and
+//                          timeout (seconds a client may stay idle; 0, the default, is no limit)
 //     redis-cli -p 6379 SET greeting hello EX 60
 //     redis-benchmark -q -t set,get -P 16
 //
-// One task per client reads what has arrived, runs every complete command in it, and answers
-// all of them with one write: that is pipelining. All clients share one `store`; the loop runs
-// one task at a time, so it needs no lock.
+// serve() runs one task per client, which reads what has arrived, runs every complete command in
+// it, and answers all of them with one write: that is pipelining. All clients share one `store`;
+// the loop runs one task at a time, so it needs no lock. On SIGTERM or SIGINT the server drains:
+// a client between commands is closed at once, one in the middle of a command (half a SET sent)
+// finishes it and gets its reply first, because the task marks where its commands begin.
 #include <algorithm>
 #include <array>
 #include <cctype>
@@ -231,6 +236,7 @@ struct server_state {
     std::uint16_t port = 0;
     std::int64_t started_ms = now_ms();
     std::size_t clients = 0;
+    std::size_t max_clients = 10000;  // --maxclients, Redis's default
     std::int64_t next_client_id = 1;
     std::mt19937_64 random{std::random_device{}()};
 };
@@ -1197,7 +1203,8 @@ netloop::task<std::size_t> read_some(netloop::connection& conn, std::span<char> 
     co_return 0;
 }
 
-/// Serves one client until it quits, closes, or breaks the protocol.
+/// Serves one client until it quits, closes, breaks the protocol, or the server drains while it
+/// waits between commands.
 netloop::task<> serve_client(netloop::connection conn, session& s) {
     std::vector<char> buffer(initial_buffer);
     std::size_t used = 0;    // bytes in `buffer`, the unfinished request first
@@ -1262,6 +1269,13 @@ netloop::task<> serve_client(netloop::connection conn, session& s) {
         // Keep the unfinished request at the front; give back a buffer a big request grew.
         std::memmove(buffer.data(), buffer.data() + done, used - done);
         used -= done;
+        // Where commands begin, for a drain: with part of one in the buffer the client is in the
+        // middle of a command, and the server waits for the rest; otherwise between commands.
+        if (used > 0) {
+            conn.begin_message();
+        } else {
+            conn.end_message();
+        }
         if (buffer.size() > initial_buffer && used <= initial_buffer) {
             buffer.resize(initial_buffer);
             buffer.shrink_to_fit();
@@ -1271,13 +1285,22 @@ netloop::task<> serve_client(netloop::connection conn, session& s) {
 }
 
 /// Serves one client; whatever ends it (reset, a stuck reader, the server stopping) ends only it.
+/// Over `maxclients`, like Redis, it answers an error and closes.
 netloop::task<> client(netloop::connection conn, store& db, server_state& server) {
+    if (server.clients >= server.max_clients) {
+        try {
+            co_await conn.write(std::string_view("-ERR max number of clients reached\r\n"),
+                                write_timeout);
+        } catch (const netloop::error&) {
+        }
+        co_return;
+    }
     session s{db, server, server.next_client_id++};
     ++server.clients;
     try {
         co_await serve_client(std::move(conn), s);
     } catch (const netloop::error&) {
-        // Nothing to tell: the client is gone.
+        // Nothing to tell: the client is gone, or was idle when the server stopped.
     }
     --server.clients;
 }
@@ -1294,20 +1317,73 @@ netloop::task<> remove_expired_keys(store& db) {
     }
 }
 
+/// The command line: `[host:port] [--maxclients N] [--timeout S]`. A bad one is a line on
+/// stderr and exit status 2.
+struct options {
+    std::string at = "127.0.0.1:6379";
+    std::size_t max_clients = 10000;
+    netloop::duration timeout = netloop::no_timeout;
+};
+
+std::optional<options> parse_options(int argc, char** argv) {
+    options o;
+    auto number = [](const char* flag, const char* text) -> std::optional<long long> {
+        char* end = nullptr;
+        errno = 0;
+        long long v = std::strtoll(text, &end, 10);
+        if (errno != 0 || end == text || *end != '\0' || v < 0) {
+            std::fprintf(stderr, "kv: %s takes a whole number >= 0, not '%s'\n", flag, text);
+            return std::nullopt;
+        }
+        return v;
+    };
+    for (int i = 1; i < argc; ++i) {
+        std::string_view arg = argv[i];
+        if ((arg == "--maxclients" || arg == "--timeout") && i + 1 < argc) {
+            auto v = number(argv[i], argv[i + 1]);
+            if (!v) return std::nullopt;
+            if (arg == "--maxclients") {
+                if (*v == 0) {
+                    std::fprintf(stderr, "kv: --maxclients must be at least 1\n");
+                    return std::nullopt;
+                }
+                o.max_clients = static_cast<std::size_t>(*v);
+            } else if (*v > 0) {
+                o.timeout = std::chrono::seconds(*v);
+            }
+            ++i;
+        } else if (!arg.starts_with("--") && i == 1) {
+            o.at = arg;
+        } else {
+            std::fprintf(stderr,
+                         "kv: unknown argument '%s' (usage: kv [host:port] "
+                         "[--maxclients N] [--timeout S])\n",
+                         argv[i]);
+            return std::nullopt;
+        }
+    }
+    return o;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
+    auto opts = parse_options(argc, argv);
+    if (!opts) return 2;
     store db;  // these two outlive run(), so no client task can see them destroyed
     server_state state;
+    state.max_clients = opts->max_clients;
     // A startup error (a bad address, the port in use) is "kv: <what>" on stderr and status 1.
+    // SIGINT/SIGTERM cancel the task: serve() drains (see the top of this file), then kv exits 0.
     return netloop::run([&]() -> netloop::task<> {
-        auto at = netloop::address::parse(argc > 1 ? argv[1] : "127.0.0.1:6379");
-        auto server = netloop::server::listen(at);
+        auto server = netloop::server::listen(netloop::address::parse(opts->at));
         state.port = server.local_port();
         netloop::announce(server);
         netloop::spawn(remove_expired_keys(db));
-        auto conns = server.connections();
-        while (auto conn = co_await conns.next())
-            netloop::spawn(client(std::move(*conn), db, state));
+        netloop::connection_handler handler = [&](netloop::connection conn) {
+            return client(std::move(conn), db, state);
+        };
+        // A client in the middle of a command gets 30 s to finish it once the drain begins.
+        co_await server.serve(handler, {.idle_timeout = opts->timeout, .drain_timeout = 30s});
     });
 }

@@ -3,6 +3,7 @@
 // redis-benchmark and raw sockets.
 #include <algorithm>
 #include <array>
+#include <cerrno>
 #include <csignal>
 #include <cstdint>
 #include <cstdlib>
@@ -25,6 +26,7 @@
 #include "support/catch.hpp"
 #include "support/loopback.hpp"
 #include "support/process.hpp"
+#include "support/serve_helpers.hpp"
 
 // The parser must not allocate for what a peer merely claims; this executable counts the largest
 // allocation made while `counting` is on. (ASan brings its own operator new.)
@@ -479,9 +481,9 @@ tool_result run_tool(const scratch_dir& dir, const std::vector<std::string>& arg
 // kv started on 127.0.0.1:0; stop() sends SIGTERM and says whether it exited with status 0.
 class kv_process {
 public:
-    explicit kv_process(const scratch_dir& dir)
+    explicit kv_process(const scratch_dir& dir, const std::vector<std::string>& flags = {})
         : stderr_path_(dir.file("kv-stderr")),
-          process_({netloop::test::sample_path("kv"), "127.0.0.1:0"}, {}, stderr_path_),
+          process_(argv(flags), {}, stderr_path_),
           port_(process_.announced_port()) {}
 
     [[nodiscard]] std::uint16_t port() const noexcept { return port_; }
@@ -496,7 +498,18 @@ public:
         return process_.exited_with(0, 10s);
     }
 
+    void signal(int signo) const { process_.signal(signo); }
+    bool exited_with(int code, std::chrono::milliseconds limit) {
+        return process_.exited_with(code, limit);
+    }
+
 private:
+    static std::vector<std::string> argv(const std::vector<std::string>& flags) {
+        std::vector<std::string> out{netloop::test::sample_path("kv"), "127.0.0.1:0"};
+        out.insert(out.end(), flags.begin(), flags.end());
+        return out;
+    }
+
     std::string stderr_path_;
     netloop::test::child_process process_;
     std::uint16_t port_;
@@ -1374,4 +1387,122 @@ TEST_CASE("kv answers redis-cli's added commands: SETEX, GETEX, INCRBYFLOAT, --s
     CHECK(lines == expected);
     CHECK(kv.stop());
     CHECK(kv.errors().empty());
+}
+
+namespace {
+
+// Connects to `to` until the connect is refused (the server stopped listening), at most 10 s.
+task<bool> refused_soon(netloop::address to) {
+    for (int i = 0; i < 1000; ++i) {
+        auto failure = co_await netloop::test::failure_of(netloop::connect(to, 5s));
+        if (failure.first == errc::connect_failed && failure.second == ECONNREFUSED) co_return true;
+        co_await netloop::test::sleep_for(10ms);
+    }
+    co_return false;
+}
+
+}  // namespace
+
+TEST_CASE(
+    "on SIGTERM kv closes a client idle between commands at once, lets one in the middle of a SET "
+    "finish it and get +OK, then exits 0",
+    "[kv][process][drain]") {
+    scratch_dir dir;
+    kv_process kv(dir);
+    REQUIRE(kv.port() != 0);
+    struct outcome {
+        std::string pong;
+        bool refused = false;
+        std::string idle_rest = "not read";
+        bool idle_closed_first = false;
+        std::string reply;
+        std::string busy_rest = "not read";
+    };
+    auto o = run_bounded(
+        [&]() -> task<outcome> {
+            outcome o;
+            auto idle = co_await netloop::connect(kv.address(), 5s);
+            o.pong = co_await ask(idle, "PING\r\n", 7);
+            auto busy = co_await netloop::connect(kv.address(), 5s);
+            std::string set = "*3\r\n$3\r\nSET\r\n$8\r\ngreeting\r\n$5\r\nhello\r\n";
+            co_await busy.write(std::string_view(set).substr(0, 25), 5s);
+            kv.signal(SIGTERM);
+            o.refused = co_await refused_soon(kv.address());  // the drain has begun
+            // kv's drain timeout is 30 s: only ending the idle client at once ends this read.
+            o.idle_rest = co_await read_to_end(idle);
+            o.idle_closed_first = true;
+            co_await netloop::test::sleep_for(600ms);  // a pause in the middle of the command
+            co_await busy.write(std::string_view(set).substr(25), 5s);
+            o.reply = co_await read_text(busy, 5);
+            o.busy_rest = co_await read_to_end(busy);
+            co_return o;
+        },
+        30s);
+    CHECK(o.pong == "+PONG\r\n");
+    CHECK(o.refused);
+    CHECK(o.idle_rest.empty());
+    CHECK(o.idle_closed_first);
+    CHECK(o.reply == "+OK\r\n");
+    CHECK(o.busy_rest.empty());  // closed at the boundary after its reply
+    CHECK(kv.exited_with(0, 10s));
+}
+
+TEST_CASE("kv over --maxclients answers Redis's -ERR max number of clients reached and closes",
+          "[kv][process]") {
+    scratch_dir dir;
+    kv_process kv(dir, {"--maxclients", "2"});
+    REQUIRE(kv.port() != 0);
+    struct outcome {
+        std::string first, second, third, after_leave;
+    };
+    auto o = run_bounded([&]() -> task<outcome> {
+        outcome o;
+        auto a = co_await netloop::connect(kv.address(), 5s);
+        auto b = co_await netloop::connect(kv.address(), 5s);
+        o.first = co_await ask(a, "PING\r\n", 7);
+        o.second = co_await ask(b, "PING\r\n", 7);
+        auto c = co_await netloop::connect(kv.address(), 5s);
+        o.third = co_await read_to_end(c);
+        a.close();
+        // Once a client left, a new one is served again.
+        for (int i = 0; i < 100; ++i) {
+            auto d = co_await netloop::connect(kv.address(), 5s);
+            o.after_leave = co_await ask(d, "PING\r\n", 7);
+            if (o.after_leave == "+PONG\r\n") break;
+            co_await netloop::test::sleep_for(10ms);
+        }
+        co_return o;
+    });
+    CHECK(o.first == "+PONG\r\n");
+    CHECK(o.second == "+PONG\r\n");
+    CHECK(o.third == "-ERR max number of clients reached\r\n");
+    CHECK(kv.stop());
+}
+
+TEST_CASE("kv --timeout 1 closes a client idle for a second, as Redis's timeout does",
+          "[kv][process]") {
+    scratch_dir dir;
+    kv_process kv(dir, {"--timeout", "1"});
+    REQUIRE(kv.port() != 0);
+    auto rest = run_bounded([&]() -> task<std::string> {
+        auto c = co_await netloop::connect(kv.address(), 5s);
+        (void)co_await ask(c, "PING\r\n", 7);
+        co_return co_await read_to_end(c);  // each read bounded by 10 s
+    });
+    CHECK(rest.empty());
+    CHECK(kv.stop());
+}
+
+TEST_CASE("kv rejects a bad flag with exit status 2 and a line naming it", "[kv][process]") {
+    for (auto flags :
+         {std::vector<std::string>{"--maxclients", "x"},
+          std::vector<std::string>{"--maxclients", "0"},
+          std::vector<std::string>{"--timeout", "-1"}, std::vector<std::string>{"--bogus"}}) {
+        scratch_dir dir;
+        kv_process kv(dir, flags);
+        CAPTURE(flags[0]);
+        CHECK(kv.port() == 0);
+        CHECK(kv.exited_with(2, 10s));
+        CHECK(kv.errors().find(flags[0]) != std::string::npos);
+    }
 }

@@ -70,7 +70,8 @@ public:
     /// Reads exactly `buf.size()` bytes; `timeout` bounds the whole call.
     ///
     /// Throws as `read()`. On `errc::connection_closed` before the end, the bytes that did
-    /// arrive are at the start of `buf` and the rest is unspecified.
+    /// arrive are at the start of `buf` and the rest is unspecified. From its first byte to its
+    /// last the call is inside a message: a drain never ends it there (see `begin_message()`).
     [[nodiscard]] task<> read_exactly(std::span<std::byte> buf, duration timeout);
 
     /// Reads up to `delimiter` and returns the frame before it, for line and record protocols.
@@ -81,7 +82,8 @@ public:
     /// `errc::message_too_large` when the frame, delimiter not counted, would exceed `max_length`
     /// bytes — nothing is consumed, so the caller may close, or skip with `buffered()`/`consume()`;
     /// `errc::connection_closed` on EOF before a delimiter (the partial frame stays in
-    /// `buffered()`); otherwise as `read()`.
+    /// `buffered()`); otherwise as `read()`. While a partial frame is buffered the connection
+    /// is inside a message: a drain never ends it there (see `begin_message()`).
     [[nodiscard]] task<std::string_view> read_until(std::string_view delimiter,
                                                     std::size_t max_length, duration timeout);
 
@@ -133,6 +135,31 @@ public:
 
     /// False once `close()` was called.
     [[nodiscard]] bool is_open() const noexcept;
+
+    /// Says that a message of your protocol has begun: until `end_message()`, a draining
+    /// `serve()` lets this connection's handler go on (up to `serve_options::drain_timeout`)
+    /// instead of ending its next read. For handlers that parse raw `read()`s into their own
+    /// buffer, or read one message in several framing calls (a header, then a body).
+    ///
+    /// Where messages begin, for a drain: a connection whose first byte has not arrived yet (as
+    /// Go's `Server.Shutdown` keeps new connections), bytes in the framing buffer (`buffered()`,
+    /// a partial `read_until` frame), a `read_exactly` past its first byte, a TLS handshake or
+    /// PROXY header under way, and everything between `begin_message()` and `end_message()` are
+    /// inside a message; any other moment at which the handler waits for input is a boundary.
+    /// A handler that only calls raw `read()`s and marks nothing is a byte stream (echo) whose
+    /// boundaries netloop cannot know: a drain ends it once a read has waited
+    /// `serve_options::drain_idle_grace` with no byte. Cheap: sets a flag, no system call.
+    void begin_message() noexcept;
+
+    /// Says that the connection stands between two messages again (after `begin_message()`): a
+    /// draining `serve()` ends it the next time it waits for input with nothing buffered — that
+    /// read throws `error` with `errc::connection_closed` ("server draining"). Cheap: sets a flag.
+    void end_message() noexcept;
+
+    /// True once the `serve()` running this connection began its drain (on shutdown), so a
+    /// protocol with a goodbye of its own can send it; false for a connection outside `serve()`.
+    /// Cheap: reads a flag.
+    [[nodiscard]] bool draining() const noexcept;
 
     /// The peer's address: behind a load balancer that sends a PROXY protocol header
     /// (`listen_options::proxy_protocol`), the client's address the header carries.

@@ -134,15 +134,20 @@ struct serve_options {
     /// then close gracefully (bounded by `linger_timeout`), so what they wrote reaches a peer
     /// that is still sending. A second cancellation cuts instead: no linger, an immediate end.
     duration drain_timeout = std::chrono::seconds(10);
-    /// On shutdown, end at once the connections that wait idle for a new message, as Go's
-    /// `Server.Shutdown` and nginx do: a read pending with nothing buffered, no write pending,
-    /// and no byte received for `drain_idle_grace`. Its handler sees `errc::connection_closed`
-    /// ("server draining") and the connection closes gracefully. A peer in the middle of a
-    /// message, or streaming, keeps its handler running until `drain_timeout`.
+    /// On shutdown, end the connections that stand between two messages, as Go's
+    /// `Server.Shutdown` (idle connections) and SwiftNIO's quiescing do: one waiting for input
+    /// at a message boundary (see `connection::begin_message()` for where messages begin) with
+    /// nothing buffered, no byte waiting in the kernel and no write pending is ended at once;
+    /// one inside a message runs on until it reaches a boundary — a read there ends instead of
+    /// waiting — or until `drain_timeout`. The handler's read throws `errc::connection_closed`
+    /// ("server draining"), `connection::draining()` tells it why, and the connection closes
+    /// gracefully. A handler that marks no boundaries (raw `read()`s only: a byte stream such as
+    /// echo) is ended once a read has waited `drain_idle_grace` with no byte. False: every
+    /// handler runs until it ends or `drain_timeout`.
     bool close_idle_on_drain = true;
-    /// How long a read must have waited with no byte for `close_idle_on_drain` to call it idle.
-    /// Longer than the pauses of your protocol's streams; the idle see EOF this long after the
-    /// drain begins.
+    /// For handlers that mark no message boundaries (raw `read()`s, no `begin_message()`): how
+    /// long a read must wait with no byte for `close_idle_on_drain` to end it. Longer than the
+    /// pauses of your streams; such idle peers see EOF this long after the drain begins.
     duration drain_idle_grace = std::chrono::milliseconds(250);
     /// How long a closing connection discards input while waiting for the peer to close.
     duration linger_timeout = std::chrono::seconds(2);
