@@ -24,7 +24,7 @@ class task_registry;
 struct loop_access;
 }  // namespace detail
 
-/// One `asio::io_context`, run by one thread (epoll on Linux, kqueue on BSD and macOS).
+/// One `asio::io_context`, run by one thread (epoll; netloop is supported and tested on Linux).
 ///
 /// Every netloop object belongs to one loop and is used from the thread that runs it;
 /// `server::close()` is the one call that is safe from any thread.
