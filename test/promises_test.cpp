@@ -10,9 +10,11 @@
 #include <fcntl.h>
 #include <filesystem>
 #include <optional>
+#include <stdexcept>
 #include <string>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 #include <thread>
 #include <type_traits>
 #include <unistd.h>
@@ -24,6 +26,8 @@
 #include <asio/detached.hpp>
 #include <asio/steady_timer.hpp>
 #include <asio/use_awaitable.hpp>
+#include <spdlog/logger.h>
+#include <spdlog/sinks/null_sink.h>
 
 #include <netloop/netloop.hpp>
 
@@ -524,6 +528,71 @@ TEST_CASE("set_no_delay() and set_keep_alive() on a Unix socket do nothing and t
         co_return errc{};
     });
     CHECK(kind == errc{});
+}
+
+TEST_CASE("after start_successor(), close() leaves the Unix socket file to the successor",
+          "[promises][daemon]") {
+    const std::string python = "/usr/bin/python3";
+    REQUIRE(std::filesystem::exists(python));
+    auto path = (std::filesystem::temp_directory_path() /
+                 ("netloop-promises-" + std::to_string(::getpid()) + ".sock"))
+                    .string();
+    // The successor: reports READY=1 on our NOTIFY_SOCKET, then waits to be stopped.
+    const std::string successor =
+        "import os, socket, time\n"
+        "a = os.environ['NOTIFY_SOCKET']\n"
+        "a = '\\0' + a[1:] if a.startswith('@') else a\n"
+        "s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n"
+        "s.sendto(b'READY=1', a)\n"
+        "time.sleep(60)\n";
+    pid_t pid = 0;
+    bool file_left = false;
+    run_bounded([&]() -> task<> {
+        auto server = netloop::server::listen(netloop::address::unix_socket(path));
+        std::vector<const netloop::server*> servers{&server};
+        std::vector<std::string> argv{python, "-c", successor};
+        auto start = netloop::start_successor(std::move(argv), std::move(servers), 20s);
+        pid = co_await std::move(start);
+        server.close();
+        file_left = std::filesystem::exists(path);
+    });
+    if (pid > 0) {
+        ::kill(pid, SIGKILL);
+        ::waitpid(pid, nullptr, 0);
+    }
+    std::filesystem::remove(path);
+    CHECK(pid > 0);
+    CHECK(file_left);
+}
+
+TEST_CASE("set_logger() from another thread while the loop logs is safe", "[promises][log]") {
+    // Under TSan (the 'threads' suite) an unguarded logger is a reported race; here, a crash.
+    auto sink = std::make_shared<spdlog::sinks::null_sink_mt>();
+    auto logger = std::make_shared<spdlog::logger>("netloop-promises", sink);
+    logger->set_level(spdlog::level::trace);
+    std::atomic<bool> done{false};
+    std::thread toggler([&] {
+        for (int i = 0; !done; ++i) {
+            netloop::set_logger(i % 2 == 0 ? logger : nullptr);
+            (void)netloop::logger();
+        }
+    });
+    int ended = 0;
+    run_bounded([&]() -> task<> {
+        for (int i = 0; i < 2000; ++i) {
+            netloop::spawn([](int& count) -> task<> {
+                ++count;
+                throw std::runtime_error("logged, or not");
+                co_return;
+            }(ended));
+            if (i % 100 == 0) co_await netloop::test::yield();
+        }
+        while (netloop::loop::shared().spawned() > 0) co_await netloop::test::yield();
+    });
+    done = true;
+    toggler.join();
+    netloop::set_logger(nullptr);
+    CHECK(ended == 2000);
 }
 
 #if NETLOOP_HAS_TLS
