@@ -121,6 +121,12 @@ address address::unix_socket(std::string_view path) {
     if (path.empty() || path == "@") invalid(path, "empty Unix socket name");
     if (path.find('\0') != std::string_view::npos) invalid(path, "NUL in a Unix socket name");
     if (path.size() > max_unix_path) invalid(path, "Unix socket name over 107 bytes");
+#if !defined(__linux__)
+    if (path.front() == '@') {
+        throw error(errc::not_supported,
+                    "Unix socket " + std::string(path) + " (abstract names are Linux-only)");
+    }
+#endif
     address result;
     result.path_ = std::string(path);
     result.unix_ = true;

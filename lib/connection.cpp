@@ -214,7 +214,11 @@ void connection::set_keep_alive(bool on, duration idle, duration interval, int c
     set_int_option(*impl_, SOL_SOCKET, SO_KEEPALIVE, on ? 1 : 0, "SO_KEEPALIVE");
     if (!on) return;
     if (count < 1) throw error(errc::invalid_argument, "SO_KEEPALIVE (probe count < 1)");
+#if defined(TCP_KEEPIDLE)
     set_int_option(*impl_, IPPROTO_TCP, TCP_KEEPIDLE, whole_seconds(idle), "TCP_KEEPIDLE");
+#else
+    throw error(errc::not_supported, "TCP_KEEPIDLE " + impl_->remote.to_string());
+#endif
     set_int_option(*impl_, IPPROTO_TCP, TCP_KEEPINTVL, whole_seconds(interval), "TCP_KEEPINTVL");
     set_int_option(*impl_, IPPROTO_TCP, TCP_KEEPCNT, count, "TCP_KEEPCNT");
 }
@@ -236,6 +240,7 @@ asio::generic::stream_protocol::socket& connection::socket() noexcept {
 std::optional<peer_credentials> connection::credentials() const {
     auto& c = *impl_;
     if (!is_unix(c)) return std::nullopt;
+#if defined(__linux__)
     ucred cred{};
     socklen_t len = sizeof cred;
     if (::getsockopt(c.stream.socket().native_handle(), SOL_SOCKET, SO_PEERCRED, &cred, &len) !=
@@ -243,6 +248,9 @@ std::optional<peer_credentials> connection::credentials() const {
         throw error(errc::option_failed, "SO_PEERCRED " + c.remote.to_string(), errno);
     }
     return peer_credentials{cred.pid, cred.uid, cred.gid};
+#else
+    throw error(errc::not_supported, "SO_PEERCRED " + c.remote.to_string());
+#endif
 }
 
 loop& connection::owner() const noexcept { return impl_->owner; }

@@ -28,6 +28,11 @@
 extern char** environ;
 
 namespace netloop {
+
+// What follows uses Linux's abstract socket names, SO_DOMAIN, SOCK_CLOEXEC, pipe2 and
+// close_range: Linux only. Elsewhere the calls say so (errc::not_supported) instead of failing
+// to build or misbehaving.
+#if defined(__linux__)
 namespace {
 
 constexpr int first_fd = 3;  // SD_LISTEN_FDS_START
@@ -322,5 +327,27 @@ task<pid_t> start_successor(std::vector<std::string> argv, std::vector<const ser
     for (const auto* s : servers) detail::server_access::state(*s).keep_socket_file();
     co_return pid;
 }
+
+#else
+
+std::vector<server> listen_activated(loop& l) { return listen_activated(listen_options{}, l); }
+
+std::vector<server> listen_activated(const listen_options&, loop&) {
+    if (std::getenv("LISTEN_FDS") == nullptr) return {};
+    throw error(errc::not_supported, "socket activation (LISTEN_FDS)");
+}
+
+bool notify(std::string_view) noexcept { return false; }
+
+bool notify_status(std::string_view) noexcept { return false; }
+
+task<> watchdog_keepalive() { co_return; }
+
+task<pid_t> start_successor(std::vector<std::string>, std::vector<const server*>, duration) {
+    throw error(errc::not_supported, "start successor");
+    co_return 0;
+}
+
+#endif
 
 }  // namespace netloop

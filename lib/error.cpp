@@ -55,6 +55,8 @@ public:
                 return "setting a socket option failed";
             case errc::tls_failed:
                 return "TLS failed";
+            case errc::not_supported:
+                return "not supported on this system";
         }
         return "unknown netloop error";
     }

@@ -2,6 +2,7 @@
 // server: listening sockets, close() from any thread, stats(), announce() (accepting: accept.cpp).
 #include <cerrno>
 #include <cstdio>
+#include <fcntl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -30,7 +31,15 @@ void clear_stale_socket_file(const address& at) {
         throw error(errc::bind_failed, "listen " + at.to_string() + " (exists, not a socket)",
                     EADDRINUSE);
     }
+#if defined(SOCK_CLOEXEC) && defined(SOCK_NONBLOCK)
     int probe = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+#else
+    int probe = ::socket(AF_UNIX, SOCK_STREAM, 0);
+    if (probe >= 0) {
+        ::fcntl(probe, F_SETFD, FD_CLOEXEC);
+        ::fcntl(probe, F_SETFL, O_NONBLOCK);
+    }
+#endif
     if (probe < 0) throw error(errc::socket_creation_failed, "probe " + at.to_string(), errno);
     auto endpoint = generic_endpoint(at);
     int rc = ::connect(probe, endpoint.data(), static_cast<socklen_t>(endpoint.size()));

@@ -8,9 +8,15 @@ using namespace std::chrono_literals;
 
 netloop::task<> echo(netloop::connection conn) {
     std::array<std::byte, 4096> buf;
-    for (;;) {
-        auto n = co_await conn.read(buf, netloop::no_timeout);  // idle_timeout bounds silence
-        co_await conn.write(std::span(buf).first(n), 30s);
+    try {
+        for (;;) {
+            auto n = co_await conn.read(buf, netloop::no_timeout);  // idle_timeout bounds silence
+            co_await conn.write(std::span(buf).first(n), 30s);
+        }
+    } catch (const netloop::error& e) {
+        // An idle client cut by idle_timeout (or a 30 s write): its normal end, not an error.
+        // Anything else escapes, and serve() logs it with the client's address.
+        if (e.kind() != netloop::errc::timeout) throw;
     }
 }
 

@@ -43,7 +43,8 @@ public:
     /// written with a leading '@' (`"@app"`), which no file backs.
     ///
     /// Throws `error` with `errc::invalid_address` if `path` is empty, holds a NUL byte, or is
-    /// longer than a `sockaddr_un` holds (107 bytes).
+    /// longer than a `sockaddr_un` holds (107 bytes); `errc::not_supported` for an abstract name
+    /// on a system other than Linux.
     [[nodiscard]] static address unix_socket(std::string_view path);
 
     /// Parses `"a.b.c.d:port"`, `"[v6]:port"` (the port is 0 to 65535) or `"unix:<path>"`.

@@ -180,7 +180,8 @@ public:
     [[nodiscard]] std::string tls_alpn() const;
 
     /// The peer process's pid, uid and gid, for a Unix socket (local authorization); nullopt
-    /// over TCP.
+    /// over TCP. Throws `error` with `errc::not_supported` for a Unix socket on a system other
+    /// than Linux (SO_PEERCRED is Linux's).
     [[nodiscard]] std::optional<peer_credentials> credentials() const;
 
     /// TCP_NODELAY: send small writes at once instead of coalescing them (Nagle). Off by
@@ -192,7 +193,8 @@ public:
     /// traffic, probe every `interval`, and give up after `count` unanswered probes (pending
     /// I/O then fails with `errc::connection_reset` or a read/write error). Off by default.
     /// A no-op on a Unix socket (a local peer's death is seen at once).
-    /// Throws `error` with `errc::option_failed`.
+    /// Throws `error` with `errc::option_failed`, or `errc::not_supported` where the system has
+    /// no TCP_KEEPIDLE.
     void set_keep_alive(bool on, duration idle = std::chrono::seconds(60),
                         duration interval = std::chrono::seconds(10), int count = 6);
 

@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: MIT
 // Living under systemd without libsystemd: socket activation, readiness, watchdog, and handing
-// the listening sockets to a successor for a restart that drops no connection.
+// the listening sockets to a successor for a restart that drops no connection. Linux only: on
+// another system `listen_activated()` with LISTEN_FDS set and `start_successor()` throw
+// `errc::not_supported`, `notify()` returns false and `watchdog_keepalive()` returns at once.
 #pragma once
 
 #include <netloop/detail/config.hpp>

@@ -37,6 +37,7 @@ enum class errc {
     resolve_failed,              ///< a host name did not resolve (no such name, no resolver).
     option_failed,               ///< a socket option could not be set.
     tls_failed,                  ///< a TLS handshake, certificate or record failed.
+    not_supported,               ///< the feature is Linux-only and this system is not Linux.
 };
 
 /// The `"netloop"` error category.

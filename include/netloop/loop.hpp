@@ -24,11 +24,11 @@ class task_registry;
 struct loop_access;
 }  // namespace detail
 
-/// One `asio::io_context`, run by one thread (epoll on Linux, kqueue on BSD and macOS).
+/// One `asio::io_context`, run by one thread (epoll; netloop is supported and tested on Linux).
 ///
-/// Every netloop object belongs to one loop and is used from the thread that runs it;
-/// `server::close()` is the one call that is safe from any thread.
-/// Thread safety: `stop()` is safe from any thread; the rest belongs to the loop's thread.
+/// Every netloop object belongs to one loop and is used from the thread that runs it; the calls
+/// whose notes say so (`server::close()`, `server::stats()`) are safe from any thread.
+/// Thread safety: `stop()` and `post()` are safe from any thread; the rest is the loop thread's.
 class NETLOOP_API loop {
 public:
     /// A new loop with its own `io_context`, tuned for one thread.
