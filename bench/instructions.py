@@ -241,8 +241,8 @@ def machine_line():
             f"· netloop: {commit} · {time.strftime('%Y-%m-%d', time.gmtime())}")
 
 
-BEGIN = "<!-- instructions: begin (bench/instructions.py writes this section) -->"
-END = "<!-- instructions: end -->"
+BEGIN = "<!-- instructions:begin -->"
+END = "<!-- instructions:end -->"
 
 
 def write_results(text):
@@ -253,8 +253,11 @@ def write_results(text):
         before = old[:old.index(BEGIN)]
         after = old[old.index(END) + len(END):]
         new = before + section + after
+    elif "\n## " in old:  # before the first section, after the page's introduction
+        at = old.index("\n## ") + 1
+        new = old[:at] + section + "\n\n" + old[at:]
     else:
-        new = section + "\n\n" + old
+        new = old + "\n" + section + "\n"
     path.write_text(new)
 
 

@@ -30,7 +30,7 @@ std::atomic<int> rethrows{0};
 // Counts std::rethrow_exception calls, then forwards to the C++ runtime's. lib/ calls it through
 // its PLT, so this definition in the executable comes first for it.
 namespace std {
-[[noreturn]] void rethrow_exception(exception_ptr e) {
+void rethrow_exception(exception_ptr e) {  // noreturn, as <exception> declares it
     rethrows.fetch_add(1);
     using real_fn = void (*)(exception_ptr);
     static const auto real = reinterpret_cast<real_fn>(
