@@ -253,9 +253,9 @@ def write_results(text):
         before = old[:old.index(BEGIN)]
         after = old[old.index(END) + len(END):]
         new = before + section + after
-    elif "\n## " in old:  # before the first section, after the page's introduction
-        at = old.index("\n## ") + 1
-        new = old[:at] + section + "\n\n" + old[at:]
+    elif "\n## " in old:  # after the page's introduction, before the first (marked) section
+        m = re.search(r"^(<!-- \w+:begin -->|## )", old, re.M)
+        new = old[:m.start()] + section + "\n\n" + old[m.start():]
     else:
         new = old + "\n" + section + "\n"
     path.write_text(new)
