@@ -49,6 +49,38 @@ constexpr std::chrono::milliseconds max_backoff{1000};
 
 }  // namespace
 
+namespace {
+
+// The back-off after `ec` (a resource error): logs, then waits out the next delay unless the
+// server closes. False if the wait was cancelled. A frame of its own, and its helpers plain
+// functions, so that accept_next's frame stays small: Asio's frame cache hands that block on to
+// the frames each connection then keeps for its lifetime (bench/RESULTS.md, idle bytes).
+task<bool> wait_backoff(server_state& s, asio::error_code ec) {
+    if (s.backoff.count() == 0) {
+        log(spdlog::level::warn, "accept on {}: {}; backing off", s.local.to_string(),
+            ec.message());
+        s.backoff = first_backoff;
+    } else {
+        s.backoff = std::min(s.backoff * 2, max_backoff);
+    }
+    asio::steady_timer timer(s.owner.context(), s.backoff);
+    auto it = s.wake_on_close.insert(s.wake_on_close.end(), &timer);
+    auto [wait_ec] = co_await timer.async_wait(use_tuple);
+    s.wake_on_close.erase(it);
+    co_return !wait_ec || s.closed.load();
+}
+
+[[noreturn]] void throw_accept_failed(const server_state& s, const asio::error_code& ec) {
+    throw error(errc::accept_failed, "accept " + s.local.to_string(), ec.value());
+}
+
+void log_recovered(server_state& s) {
+    log(spdlog::level::warn, "accept on {} recovered", s.local.to_string());
+    s.backoff = std::chrono::milliseconds{0};
+}
+
+}  // namespace
+
 task<std::optional<accepted>> accept_next(std::shared_ptr<server_state> state,
                                           asio::io_context& into) {
     auto& s = *state;
@@ -57,10 +89,7 @@ task<std::optional<accepted>> accept_next(std::shared_ptr<server_state> state,
         if (s.closed) co_return std::nullopt;
         auto [ec, socket] = co_await s.acceptor.async_accept(into, peer, use_tuple);
         if (!ec) {
-            if (s.backoff.count() != 0) {
-                log(spdlog::level::warn, "accept on {} recovered", s.local.to_string());
-                s.backoff = std::chrono::milliseconds{0};
-            }
+            if (s.backoff.count() != 0) log_recovered(s);
             server_counters::add(s.counters->accepted, 1);
             co_return accepted{std::move(socket), from_generic(peer)};
         }
@@ -68,21 +97,8 @@ task<std::optional<accepted>> accept_next(std::shared_ptr<server_state> state,
         if (s.closed || ec == asio::error::operation_aborted) co_return std::nullopt;
         server_counters::add(s.counters->accept_errors, 1);
         if (skip_connection(ec)) continue;
-        if (!back_off(ec)) {
-            throw error(errc::accept_failed, "accept " + s.local.to_string(), ec.value());
-        }
-        if (s.backoff.count() == 0) {
-            log(spdlog::level::warn, "accept on {}: {}; backing off", s.local.to_string(),
-                ec.message());
-            s.backoff = first_backoff;
-        } else {
-            s.backoff = std::min(s.backoff * 2, max_backoff);
-        }
-        asio::steady_timer timer(s.owner.context(), s.backoff);
-        auto it = s.wake_on_close.insert(s.wake_on_close.end(), &timer);
-        auto [wait_ec] = co_await timer.async_wait(use_tuple);
-        s.wake_on_close.erase(it);
-        if (wait_ec && !s.closed) co_return std::nullopt;  // cancelled
+        if (!back_off(ec)) throw_accept_failed(s, ec);
+        if (!co_await wait_backoff(s, ec)) co_return std::nullopt;  // cancelled
     }
 }
 

@@ -164,16 +164,48 @@ address address::parse(std::string_view text) {
     return address(asio::ip::tcp::endpoint(a, parse_port(port, text)));
 }
 
+namespace {
+
+// Appends `n` in decimal.
+void append_number(std::string& text, unsigned n) {
+    char digits[10];
+    auto [end, ec] = std::to_chars(digits, digits + sizeof digits, n);
+    (void)ec;  // 10 digits hold any unsigned
+    text.append(digits, end);
+}
+
+// Appends an IPv4 address in dotted decimal: what inet_ntop writes, without its snprintf (a
+// connection's error text is made at every EOF; bench/RESULTS.md, issue 24).
+void append_v4(std::string& text, const asio::ip::address_v4& a) {
+    auto bytes = a.to_bytes();
+    for (std::size_t i = 0; i < bytes.size(); ++i) {
+        if (i != 0) text.push_back('.');
+        append_number(text, bytes[i]);
+    }
+}
+
+}  // namespace
+
 std::string address::host() const {
     if (unix_) return path_;
-    return endpoint_.address().to_string();
+    auto a = endpoint_.address();
+    if (!a.is_v4()) return a.to_string();
+    std::string text;
+    append_v4(text, a.to_v4());
+    return text;
 }
 
 std::string address::to_string() const {
     std::string text;
     if (unix_) return text.append("unix:").append(path_);
-    if (is_v6()) return text.append("[").append(host()).append("]:").append(std::to_string(port()));
-    return text.append(host()).append(":").append(std::to_string(port()));
+    if (is_v6()) {
+        text.append("[").append(host()).append("]:");
+    } else {
+        append_v4(text, endpoint_.address().to_v4());
+        text.push_back(':');
+    }
+    append_number(text, port());
+    return text;
 }
 
 }  // namespace netloop

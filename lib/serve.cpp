@@ -171,7 +171,6 @@ void log_rejected(const address& remote, admission::verdict verdict) {
 task<> run_handler(std::shared_ptr<loop_share> s, connection conn,
                    std::optional<asio::ip::address> ip) {
     auto& impl = connection_access::impl(conn);
-    std::string remote;
     std::optional<std::list<std::shared_ptr<connection_impl>>::iterator> entry;
     try {
         entry = s->live.insert(s->live.end(), impl.shared_from_this());
@@ -179,7 +178,6 @@ task<> run_handler(std::shared_ptr<loop_share> s, connection conn,
         bool ready = (!common.tls && common.proxy.mode == proxy_protocol::off) ||
                      co_await prepare_or_count(impl.shared_from_this(), common.proxy, common.tls,
                                                common.handshake_timeout, *s->counters);
-        remote = conn.remote_address().to_string();
         if (ready && !ip) {
             auto client = impl.remote.endpoint().address();
             if (s->common->limits.try_admit_ip(client, common.options) == admission::admitted) {
@@ -192,8 +190,11 @@ task<> run_handler(std::shared_ptr<loop_share> s, connection conn,
         }
         if (ready) co_await s->common->handler(std::move(conn));
     } catch (...) {
-        if (remote.empty()) remote = impl.remote.to_string();
-        log_escaped(std::current_exception(), "handler for", remote);
+        // impl outlives the handler (`live` holds it): its address is the one after a PROXY
+        // header. Made only for a log that prints: most handlers end here, by EOF.
+        if (log_enabled(spdlog::level::err)) {
+            log_escaped(std::current_exception(), "handler for", impl.remote.to_string());
+        }
     }
     if (entry) s->live.erase(*entry);
     s->common->limits.release(ip);

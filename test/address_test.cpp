@@ -38,7 +38,7 @@ TEST_CASE("parse() reads IPv4 and bracketed IPv6 with a port", "[address]") {
 
 TEST_CASE("to_string() and parse() round-trip", "[address]") {
     auto text = GENERATE(as<std::string>{}, "10.1.2.3:1", "[fe80::1]:443", "[::]:0",
-                         "255.255.255.255:65535");
+                         "255.255.255.255:65535", "0.0.0.0:0", "192.168.100.9:80");
     CHECK(address::parse(text).to_string() == text);
 }
 

@@ -772,12 +772,12 @@ void limit_fds_to_64() noexcept {
 
 }  // namespace
 
-// Guards the accept back-off in accept_next() (lib/server.cpp: the `asio::steady_timer timer(...,
-// s.backoff)` wait after back_off(ec)): EMFILE waits 5 ms doubling to 1 s instead of retrying
-// at once. Measured: 4 failed accepts in the measured second (it starts as the episode does,
-// while the delay still doubles), 1 per second after that. Verified: with that wait made 0 ms
-// the daemon spins (~26,000 failed accepts in the measured second on a busy 2-CPU machine) and
-// this test fails. Unlike the serve test's forked server, this is samples/daemon under
+// Guards the accept back-off in accept_next() (lib/accept.cpp: wait_backoff()'s
+// `asio::steady_timer timer(..., s.backoff)` wait after back_off(ec)): EMFILE waits 5 ms doubling
+// to 1 s instead of retrying at once. Measured: 4 failed accepts in the measured second (it starts
+// as the episode does, while the delay still doubles), 1 per second after that. Verified: with that
+// wait made 0 ms the daemon spins (~26,000 failed accepts in the measured second on a busy 2-CPU
+// machine) and this test fails. Unlike the serve test's forked server, this is samples/daemon under
 // RLIMIT_NOFILE 64, counted through its SIGUSR1 stats line. Under UBSan the daemon may print
 // false "invalid vptr" reports while it has no fd left; see out_of_fds_env().
 TEST_CASE(
