@@ -1692,3 +1692,56 @@ TEST_CASE(
     CHECK(r.end == errc::connection_closed);
     CHECK(r.serve_ended);
 }
+
+TEST_CASE(
+    "a handler inside a message it opened with begin_message() runs on through the drain, and "
+    "draining() tells it the drain began so it can say goodbye",
+    "[serve][drain]") {
+    struct result {
+        bool draining_before = true;
+        bool draining_after = false;
+        std::string goodbye;
+        errc end{};
+        bool serve_ended = false;
+    };
+    auto r = run_bounded([&]() -> task<result> {
+        result r;
+        auto s = netloop::server::listen(loopback_any_port());
+        serve_outcome out;
+        netloop::connection_handler handler = [&r](netloop::connection c) -> task<> {
+            std::array<std::byte, 1> buf;
+            (void)co_await c.read(buf, 30s);
+            r.draining_before = c.draining();
+            c.begin_message();  // the first byte of a two-byte message came
+            (void)co_await c.read(buf, 30s);
+            c.end_message();
+            r.draining_after = c.draining();
+            if (r.draining_after) co_await c.write(std::string_view("bye"), 5s);
+            (void)co_await c.read(buf, 30s);  // at a boundary during the drain: ends at once
+        };
+        asio::cancellation_signal cancel;
+        // The default drain_idle_grace (250 ms) would end an unmarked read within the pause
+        // below; drain_timeout is far beyond the test's waits.
+        asio::co_spawn(netloop::loop::shared().context(),
+                       serve_into(s, handler, {.drain_timeout = 60s}, out),
+                       asio::bind_cancellation_slot(cancel.slot(), asio::detached));
+        auto client = co_await netloop::connect(s.local_address(), 5s);
+        co_await client.write(std::string_view("a"), 5s);
+        (void)co_await eventually([&] { return !r.draining_before; }, 10s);
+        cancel.emit(asio::cancellation_type::terminal);
+        (void)co_await eventually([&] { return !s.is_open(); }, 10s);
+        co_await netloop::test::sleep_for(600ms);  // a pause inside the message
+        co_await client.write(std::string_view("b"), 5s);
+        auto bye = co_await read_n(client, 3, 10s);
+        r.goodbye = netloop::test::text(bye);
+        std::array<std::byte, 1> buf;
+        r.end = co_await kind_of(client.read(buf, 20s));
+        r.serve_ended = co_await serve_returned(out, 10s);
+        co_return r;
+    });
+    CHECK_FALSE(r.draining_before);
+    CHECK(r.draining_after);
+    CHECK(r.goodbye == "bye");
+    CHECK(r.end == errc::connection_closed);
+    CHECK(r.serve_ended);
+}
