@@ -2,6 +2,7 @@
 // The state behind tls_context, and the handshake that turns a connection into a TLS one.
 #pragma once
 
+#include <atomic>
 #include <memory>
 #include <string>
 
@@ -34,6 +35,31 @@ using tls_stream = asio::ssl::stream<stream_socket&>;
 struct tls_state {};
 
 #endif
+
+// A listener's TLS context, replaceable while it serves (server::set_tls): copies share one
+// slot, so the listener, its serve() and every loop of it see a replacement at once. Whether
+// there is TLS at all is fixed when the slot is made; load() and store() are safe from any
+// thread, and a handshake loads once, so it runs with one context from start to end.
+class tls_slot {
+public:
+    tls_slot() noexcept = default;
+    // Implicit: a listener's setup assigns the context it was given.
+    tls_slot(std::shared_ptr<tls_state> settings)  // NOLINT(google-explicit-constructor)
+        : current_(settings ? std::make_shared<std::atomic<std::shared_ptr<tls_state>>>(
+                                  std::move(settings))
+                            : nullptr) {}
+
+    [[nodiscard]] std::shared_ptr<tls_state> load() const noexcept {
+        return current_ ? current_->load(std::memory_order_acquire) : nullptr;
+    }
+    void store(std::shared_ptr<tls_state> settings) noexcept {
+        current_->store(std::move(settings), std::memory_order_release);
+    }
+    explicit operator bool() const noexcept { return current_ != nullptr; }
+
+private:
+    std::shared_ptr<std::atomic<std::shared_ptr<tls_state>>> current_;
+};
 
 struct tls_access {
     static const std::shared_ptr<tls_state>& state(const tls_context& c) noexcept {
