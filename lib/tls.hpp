@@ -5,6 +5,7 @@
 #include <atomic>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include <netloop/config.hpp>
 #include <netloop/tls.hpp>
@@ -19,6 +20,8 @@ namespace netloop::detail {
 
 #if NETLOOP_HAS_TLS
 
+struct ticket_keys;  // a server's session ticket keys (tls.cpp)
+
 struct tls_state {
     tls_state(asio::ssl::context::method method, bool server_side);
 
@@ -26,6 +29,16 @@ struct tls_state {
     bool server_side;
     bool verify_peer = true;
     std::string alpn_wire;  // the ALPN list in wire format: length-prefixed names
+    // A server's ticket keys, shared by every loop (one SSL_CTX) and every SNI name.
+    std::shared_ptr<ticket_keys> tickets;
+    // A server's certificates by SNI name (lower case; "*.suffix" for a wildcard). Each is a
+    // context of its own holding just the certificate: the servername callback moves the
+    // handshake onto it, while trust, ALPN and tickets stay this context's.
+    struct sni_entry {
+        std::string name;
+        std::shared_ptr<tls_state> state;
+    };
+    std::vector<sni_entry> sni;
 };
 
 using tls_stream = asio::ssl::stream<stream_socket&>;
@@ -64,6 +77,9 @@ private:
 struct tls_access {
     static const std::shared_ptr<tls_state>& state(const tls_context& c) noexcept {
         return c.state_;
+    }
+    static void set(tls_context& c, std::shared_ptr<tls_state> s) noexcept {
+        c.state_ = std::move(s);
     }
 };
 

@@ -62,6 +62,12 @@ task<std::string> echo_with(address at, tls_context client, std::string msg) {
     }
 }
 
+netloop::connection_handler echo_handler() {
+    return [](netloop::connection c) -> task<> {
+        co_await netloop::test::echo_until_closed(std::move(c));
+    };
+}
+
 }  // namespace
 
 TEST_CASE(
@@ -218,4 +224,73 @@ TEST_CASE("set_tls switches connections().next() too: the next handshake uses th
         co_return out;
     });
     CHECK(r == std::vector<std::string>{"old", "new"});
+}
+
+TEST_CASE(
+    "add_sni: a client asking for the name gets that certificate; a client sending no name gets "
+    "the default",
+    "[tls]") {
+    auto r = run_bounded([]() -> task<std::vector<std::string>> {
+        std::vector<std::string> out;
+        auto tls = server_with(pki().leaf);  // the default: signed by the test CA
+        tls.add_sni_pem("LOCALHOST", pki().self_signed.cert, pki().self_signed.key);
+        auto s = netloop::server::listen(address::parse("127.0.0.1:0"),
+                                         netloop::listen_options{.tls = tls});
+        netloop::test::serve_outcome serving;
+        netloop::spawn(netloop::test::serve_into(s, echo_handler(), {}, serving));
+        auto self_only = client_trusting(pki().self_signed.cert);
+        auto by_name = [&](tls_context client) -> task<std::string> {
+            try {
+                auto c = co_await netloop::connect("localhost:" + std::to_string(s.local_port()),
+                                                   client, 5s);
+                co_return co_await netloop::test::echo_once(c, "named");
+            } catch (const netloop::error& e) {
+                co_return std::string(e.what());
+            }
+        };
+        // By name (SNI "localhost"): the self-signed certificate, which only self_only trusts.
+        out.push_back(co_await by_name(self_only));
+        out.push_back(co_await by_name(test_client_tls()) == "named" ? "CA trusted" : "refused");
+        // By IP address, no SNI: the default.
+        out.push_back(co_await echo_with(s.local_address(), test_client_tls(), "default"));
+        s.close();
+        (void)co_await netloop::test::eventually([&] { return serving.done; });
+        co_return out;
+    });
+    CHECK(r == std::vector<std::string>{"named", "refused", "default"});
+}
+
+TEST_CASE("add_sni and session settings: bad names and the client side are clear errors", "[tls]") {
+    auto kind = [](auto f) {
+        try {
+            f();
+        } catch (const netloop::error& e) {
+            return e.kind();
+        }
+        return errc{};
+    };
+    auto server = server_with(pki().leaf);
+    auto client = tls_context::client();
+    const auto& pair = pki().self_signed;
+    CHECK(kind([&] { server.add_sni_pem("a.example.com", pair.cert, pair.key); }) == errc{});
+    CHECK(kind([&] { server.add_sni_pem("*.example.com", pair.cert, pair.key); }) == errc{});
+    CHECK(kind([&] { server.add_sni_pem("", pair.cert, pair.key); }) == errc::invalid_argument);
+    CHECK(kind([&] { server.add_sni_pem("a.*.com", pair.cert, pair.key); }) ==
+          errc::invalid_argument);
+    CHECK(kind([&] { server.add_sni_pem("*", pair.cert, pair.key); }) == errc::invalid_argument);
+    CHECK(kind([&] { server.add_sni_pem("a..com", pair.cert, pair.key); }) ==
+          errc::invalid_argument);
+    CHECK(kind([&] { server.add_sni_pem("a.example.com", pair.cert, pki().leaf.key); }) ==
+          errc::tls_failed);
+    CHECK(kind([&] { server.add_sni("a.example.com", "/nonexistent.pem", "/nonexistent.key"); }) ==
+          errc::tls_failed);
+    CHECK(kind([&] { client.add_sni_pem("a.example.com", pair.cert, pair.key); }) ==
+          errc::invalid_argument);
+    CHECK(kind([&] { server.set_session_resumption(false); }) == errc{});
+    CHECK(kind([&] { server.set_session_ticket_rotation(std::chrono::seconds(0)); }) ==
+          errc::invalid_argument);
+    CHECK(kind([&] { server.set_session_ticket_rotation(std::chrono::hours(12)); }) == errc{});
+    CHECK(kind([&] { server.share_session_tickets(server_with(pair)); }) == errc{});
+    CHECK(kind([&] { client.set_session_resumption(true); }) == errc::invalid_argument);
+    CHECK(kind([&] { server.share_session_tickets(client); }) == errc::invalid_argument);
 }
