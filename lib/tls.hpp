@@ -2,8 +2,8 @@
 // The state behind tls_context, and the handshake that turns a connection into a TLS one.
 #pragma once
 
-#include <atomic>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -52,26 +52,37 @@ struct tls_state {};
 // A listener's TLS context, replaceable while it serves (server::set_tls): copies share one
 // slot, so the listener, its serve() and every loop of it see a replacement at once. Whether
 // there is TLS at all is fixed when the slot is made; load() and store() are safe from any
-// thread, and a handshake loads once, so it runs with one context from start to end.
+// thread, and a handshake loads once, so it runs with one context from start to end. A mutex,
+// not std::atomic<std::shared_ptr>: libstdc++ 12's lock-bit implementation is opaque to TSan,
+// and one uncontended lock per handshake costs nothing beside the handshake.
 class tls_slot {
 public:
     tls_slot() noexcept = default;
     // Implicit: a listener's setup assigns the context it was given.
     tls_slot(std::shared_ptr<tls_state> settings)  // NOLINT(google-explicit-constructor)
-        : current_(settings ? std::make_shared<std::atomic<std::shared_ptr<tls_state>>>(
-                                  std::move(settings))
-                            : nullptr) {}
+        : current_(settings ? std::make_shared<cell>(std::move(settings)) : nullptr) {}
 
-    [[nodiscard]] std::shared_ptr<tls_state> load() const noexcept {
-        return current_ ? current_->load(std::memory_order_acquire) : nullptr;
+    [[nodiscard]] std::shared_ptr<tls_state> load() const {
+        if (!current_) return nullptr;
+        std::lock_guard lock(current_->mutex);
+        return current_->settings;
     }
     void store(std::shared_ptr<tls_state> settings) noexcept {
-        current_->store(std::move(settings), std::memory_order_release);
+        {
+            std::lock_guard lock(current_->mutex);
+            current_->settings.swap(settings);
+        }
+        // The old context, if this was its last user, is freed here, outside the lock.
     }
     explicit operator bool() const noexcept { return current_ != nullptr; }
 
 private:
-    std::shared_ptr<std::atomic<std::shared_ptr<tls_state>>> current_;
+    struct cell {
+        explicit cell(std::shared_ptr<tls_state> s) : settings(std::move(s)) {}
+        std::mutex mutex;
+        std::shared_ptr<tls_state> settings;
+    };
+    std::shared_ptr<cell> current_;
 };
 
 struct tls_access {
