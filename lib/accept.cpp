@@ -138,7 +138,8 @@ namespace {
 
 task<> prepare_into(std::shared_ptr<server_state> state, std::shared_ptr<connection_impl> impl) {
     auto conn = connection_access::make(impl);
-    if (!co_await prepare_or_count(impl, state->proxy, state->tls, state->handshake_timeout,
+    auto tls = state->tls.load();  // once per handshake: server::set_tls may replace it
+    if (!co_await prepare_or_count(impl, state->proxy, tls, state->handshake_timeout,
                                    *state->counters)) {
         co_return;
     }

@@ -87,7 +87,7 @@ struct serve_common {
 
     connection_handler handler;
     serve_options options;
-    std::shared_ptr<tls_state> tls;  // the listener's: each connection handshakes first
+    tls_slot tls;  // the listener's: each connection handshakes first
     duration handshake_timeout{};
     proxy_settings proxy;  // the listener's: each connection's PROXY header comes first
     admission limits;
@@ -175,8 +175,9 @@ task<> run_handler(std::shared_ptr<loop_share> s, connection conn,
     try {
         entry = s->live.insert(s->live.end(), impl.shared_from_this());
         const auto& common = *s->common;
-        bool ready = (!common.tls && common.proxy.mode == proxy_protocol::off) ||
-                     co_await prepare_or_count(impl.shared_from_this(), common.proxy, common.tls,
+        auto tls = common.tls.load();  // once per handshake: server::set_tls may replace it
+        bool ready = (!tls && common.proxy.mode == proxy_protocol::off) ||
+                     co_await prepare_or_count(impl.shared_from_this(), common.proxy, tls,
                                                common.handshake_timeout, *s->counters);
         if (ready && !ip) {
             auto client = impl.remote.endpoint().address();

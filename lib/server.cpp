@@ -245,6 +245,20 @@ void server::close() noexcept {
 
 bool server::is_open() const noexcept { return state_ && !state_->closed; }
 
+void server::set_tls(const tls_context& tls) {
+    auto& state = *state_;
+    if (!state.tls) {
+        throw error(errc::invalid_argument,
+                    "set_tls " + state.local.to_string() + " (the server was made without TLS)");
+    }
+    auto settings = detail::server_tls(tls, state.local);
+    if (!settings) {
+        throw error(errc::invalid_argument,
+                    "set_tls " + state.local.to_string() + " (empty tls_context)");
+    }
+    state.tls.store(std::move(settings));
+}
+
 server_stats server::stats() const noexcept {
     using detail::server_counters;
     server_stats total;

@@ -50,7 +50,7 @@ struct server_state : std::enable_shared_from_this<server_state> {
     int backlog = 128;
     bool reuse_port = false;
     bool v6_only = true;
-    std::shared_ptr<tls_state> tls;  // a server context: connections are TLS
+    tls_slot tls;  // a server context: connections are TLS; server::set_tls replaces it
     duration handshake_timeout = std::chrono::seconds(10);
     proxy_settings proxy;  // a PROXY header before anything else
     std::shared_ptr<server_counters> counters = std::make_shared<server_counters>();

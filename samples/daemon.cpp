@@ -2,6 +2,7 @@
 // The echo server made production-ready with serve(): limits, idle timeout, drain, logging.
 //
 //   daemon [--help] [host:port] [--unix PATH] [--tls-cert FILE --tls-key FILE]
+//          [--tls-sni NAME=CERT,KEY]... [--tls-client-ca FILE] [--tls-resumption on|off]
 //          [--max-connections N] [--on-limit pause|reject] [--max-connections-per-ip N]
 //          [--idle-timeout SECONDS] [--drain-timeout SECONDS] [--linger SECONDS] [--threads N]
 //          [--balance hand-off|reuse-port] [--metrics HOST:PORT]
@@ -11,6 +12,14 @@
 // --unix listens on a Unix domain socket (a path, or @name for an abstract one) instead of
 // TCP. --tls-cert and --tls-key (PEM: certificate chain, private key) make every connection
 // TLS; a client that does not complete its handshake within 10 s is dropped and counted.
+// --tls-sni NAME=CERT,KEY (repeatable) serves clients asking for NAME (exact, or *.domain) with
+// that certificate instead; others get --tls-cert's. --tls-client-ca asks every client for a
+// certificate that verifies against the CAs in FILE (mutual TLS). SIGHUP re-reads all of these
+// files: handshakes from then on use the new certificates, connections already open keep
+// theirs, and returning clients still resume their sessions (session resumption is on unless
+// --tls-resumption off). A file that does not parse, or a
+// key that does not match, logs one error line and the old certificates stay in service.
+// Reloads are counted in the metrics (netloop_tls_reloads_total{result="ok"|"failed"}).
 // --max-connections-per-ip closes (and counts as rejected) a client's connection over N.
 //
 // --proxy-protocol runs the daemon behind a load balancer (HAProxy's send-proxy, nginx's
@@ -34,11 +43,12 @@
 // begins, and WATCHDOG=1 keep-alives when WATCHDOG_USEC asks for them. SIGUSR2 restarts without
 // dropping a connection: a new copy of the program inherits the listening socket through the
 // same LISTEN_FDS protocol, and once it is ready this one stops accepting and drains. SIGUSR1
-// logs the server's stats at info level.
+// logs the server's stats at info level. SIGHUP reloads the TLS files (above).
 #include <atomic>
 #include <charconv>
 #include <climits>
 #include <csignal>
+#include <cstdint>
 #include <cstdio>
 #include <memory>
 #include <optional>
@@ -58,6 +68,8 @@ namespace {
 
 constexpr const char* usage =
     "usage: daemon [--help] [host:port] [--unix PATH] [--tls-cert FILE --tls-key FILE]\n"
+    "              [--tls-sni NAME=CERT,KEY]... [--tls-client-ca FILE]\n"
+    "              [--tls-resumption on|off]\n"
     "              [--max-connections N] [--on-limit pause|reject]\n"
     "              [--max-connections-per-ip N]\n"
     "              [--idle-timeout SECONDS] [--drain-timeout SECONDS] [--linger SECONDS]\n"
@@ -66,6 +78,11 @@ constexpr const char* usage =
     "              [--proxy-protocol v1|v2|either] [--proxy-from CIDR[,CIDR...]]\n"
     "              [--log-level trace|debug|info|warn|error|off]\n"
     "\n"
+    "  --tls-sni NAME=CERT,KEY     clients asking for NAME (exact or *.domain) get this\n"
+    "                              certificate and key instead of --tls-cert's (repeatable)\n"
+    "  --tls-client-ca FILE        mutual TLS: clients need a certificate from these CAs\n"
+    "                              (SIGHUP re-reads every --tls-* file)\n"
+    "  --tls-resumption on|off     TLS session resumption (tickets), on by default\n"
     "  --max-connections-per-ip N  at most N connections at once from one IP address;\n"
     "                              one more is closed at once and counted as rejected\n"
     "  --metrics HOST:PORT         serve GET /metrics (Prometheus text format) on HOST:PORT;\n"
@@ -79,11 +96,20 @@ constexpr const char* usage =
     "  --linger SECONDS            how long a closing connection waits for its peer to close\n"
     "                              (default 2); a connection cut by the drain never waits\n";
 
+struct sni_certificate {
+    std::string name;
+    std::string cert;
+    std::string key;
+};
+
 struct config {
     std::string listen_at = "127.0.0.1:8080";
     std::string unix_path;
     std::string tls_cert;
     std::string tls_key;
+    std::vector<sni_certificate> tls_sni;
+    std::string tls_client_ca;
+    bool tls_resumption = true;
     std::string metrics_at;
     netloop::proxy_protocol proxy = netloop::proxy_protocol::off;
     std::vector<netloop::network> proxy_from = netloop::loopback_networks();
@@ -139,6 +165,23 @@ config parse(int argc, char** argv) {
             c.tls_cert = value;
         } else if (arg == "--tls-key") {
             c.tls_key = value;
+        } else if (arg == "--tls-sni") {
+            auto eq = value.find('=');
+            auto comma = value.find(',', eq == std::string_view::npos ? 0 : eq);
+            if (eq == 0 || eq == std::string_view::npos || comma == std::string_view::npos ||
+                comma == eq + 1 || comma + 1 == value.size()) {
+                throw bad_usage{"--tls-sni is NAME=CERT,KEY, not '" + std::string(value) + "'"};
+            }
+            c.tls_sni.push_back({std::string(value.substr(0, eq)),
+                                 std::string(value.substr(eq + 1, comma - eq - 1)),
+                                 std::string(value.substr(comma + 1))});
+        } else if (arg == "--tls-client-ca") {
+            c.tls_client_ca = value;
+        } else if (arg == "--tls-resumption") {
+            if (value != "on" && value != "off") {
+                throw bad_usage{"--tls-resumption is on or off, not '" + std::string(value) + "'"};
+            }
+            c.tls_resumption = value == "on";
         } else if (arg == "--max-connections") {
             c.serve.max_connections = parse_count(arg, value);
         } else if (arg == "--on-limit") {
@@ -200,6 +243,9 @@ config parse(int argc, char** argv) {
     if (c.tls_cert.empty() != c.tls_key.empty()) {
         throw bad_usage{"--tls-cert and --tls-key go together"};
     }
+    if (c.tls_cert.empty() && (!c.tls_sni.empty() || !c.tls_client_ca.empty())) {
+        throw bad_usage{"--tls-sni and --tls-client-ca need --tls-cert and --tls-key"};
+    }
     return c;
 }
 
@@ -220,13 +266,26 @@ netloop::task<> echo(netloop::connection conn) {
     }
 }
 
+// The TLS context the --tls-* files describe, read now. Throws netloop::error naming the file
+// that does not parse or the key that does not match.
+netloop::tls_context read_tls(const config& cfg) {
+    auto tls = netloop::tls_context::server(cfg.tls_cert, cfg.tls_key);
+    for (const auto& sni : cfg.tls_sni) tls.add_sni(sni.name, sni.cert, sni.key);
+    if (!cfg.tls_client_ca.empty()) {
+        tls.trust(cfg.tls_client_ca);
+        tls.set_verify_peer(true);
+    }
+    tls.set_session_resumption(cfg.tls_resumption);
+    return tls;
+}
+
 // The server: the socket systemd passed, or one we listen on.
-netloop::server open_server(const config& cfg, const std::shared_ptr<spdlog::logger>& log) {
+netloop::server open_server(const config& cfg, const netloop::tls_context& tls,
+                            const std::shared_ptr<spdlog::logger>& log) {
     netloop::listen_options options;
     options.proxy_protocol = cfg.proxy;
     options.proxy_from = cfg.proxy_from;
-    if (!cfg.tls_cert.empty())
-        options.tls = netloop::tls_context::server(cfg.tls_cert, cfg.tls_key);
+    options.tls = tls;
     auto activated = netloop::listen_activated(options);
     if (activated.empty()) {
         if (!cfg.unix_path.empty()) {
@@ -297,9 +356,52 @@ std::optional<request_line> parse_request_line(std::string_view head) {
     return r;
 }
 
+// SIGHUP's TLS reloads, for the metrics.
+struct reload_counts {
+    std::atomic<std::uint64_t> ok{0};
+    std::atomic<std::uint64_t> failed{0};
+};
+
+std::string render_reloads(const reload_counts& r) {
+    return "# HELP netloop_tls_reloads_total TLS certificate reloads (SIGHUP), by result.\n"
+           "# TYPE netloop_tls_reloads_total counter\n"
+           "netloop_tls_reloads_total{result=\"ok\"} " +
+           std::to_string(r.ok.load()) +
+           "\n"
+           "netloop_tls_reloads_total{result=\"failed\"} " +
+           std::to_string(r.failed.load()) + "\n";
+}
+
+// On SIGHUP: re-reads the TLS files into a new context and hands it to the server; on a bad file
+// the old context stays. The new context takes over the old one's session ticket keys.
+netloop::task<> reload_on_sighup(netloop::signal_stream signals, netloop::server& server,
+                                 config cfg, netloop::tls_context current,
+                                 std::shared_ptr<reload_counts> counts,
+                                 std::shared_ptr<spdlog::logger> log) {
+    for (;;) {
+        (void)co_await signals.next();
+        if (!current) {
+            log->info("SIGHUP: no TLS files to reload");
+            continue;
+        }
+        try {
+            auto fresh = read_tls(cfg);
+            fresh.share_session_tickets(current);
+            server.set_tls(fresh);
+            current = std::move(fresh);
+            counts->ok.fetch_add(1);
+            log->info("TLS reloaded: {}", cfg.tls_cert);
+        } catch (const netloop::error& e) {
+            counts->failed.fetch_add(1);
+            log->error("TLS reload failed, the old certificate stays: {}", e.what());
+        }
+    }
+}
+
 struct metrics_source {
     std::shared_ptr<netloop::server> server;
     std::shared_ptr<std::atomic<bool>> draining;
+    std::shared_ptr<reload_counts> reloads;
 };
 
 netloop::task<> answer_scrape(netloop::connection conn, metrics_source source) {
@@ -319,6 +421,7 @@ netloop::task<> answer_scrape(netloop::connection conn, metrics_source source) {
         } else {
             auto body = netloop::render_metrics(source.server->stats(),
                                                 {.draining = source.draining->load()});
+            body += render_reloads(*source.reloads);
             reply = http_response("200 OK", "", netloop::metrics_content_type, body,
                                   request->method == "HEAD");
         }
@@ -388,8 +491,11 @@ int main(int argc, char** argv) {
         // With .rethrow the error comes to the catch below, which logs it.
         return netloop::run(
             [&]() -> netloop::task<> {
+                netloop::tls_context tls;
+                if (!cfg.tls_cert.empty()) tls = read_tls(cfg);
                 // Shared with the metrics handlers, which may outlive this frame by a moment.
-                auto server = std::make_shared<netloop::server>(open_server(cfg, log));
+                auto server = std::make_shared<netloop::server>(open_server(cfg, tls, log));
+                auto reloads = std::make_shared<reload_counts>();
                 auto draining = std::make_shared<std::atomic<bool>>(false);
                 std::shared_ptr<netloop::server> metrics;
                 if (!cfg.metrics_at.empty()) {
@@ -401,6 +507,7 @@ int main(int argc, char** argv) {
                 // must not find the signal's default action (termination) still in place.
                 netloop::signal_stream usr1({SIGUSR1});
                 netloop::signal_stream usr2({SIGUSR2});
+                netloop::signal_stream hup({SIGHUP});
                 netloop::announce(*server);
                 log->info("listening on {}", server->local_address().to_string());
                 if (metrics) {
@@ -408,7 +515,7 @@ int main(int argc, char** argv) {
                     std::printf("metrics on %s\n", at.c_str());
                     std::fflush(stdout);
                     log->info("metrics on {}", at);
-                    netloop::spawn(serve_metrics(metrics, {server, draining}));
+                    netloop::spawn(serve_metrics(metrics, {server, draining, reloads}));
                 }
                 netloop::notify_ready();
                 netloop::spawn(netloop::watchdog_keepalive());
@@ -416,6 +523,7 @@ int main(int argc, char** argv) {
                 for (int i = 1; i < argc; ++i) args.emplace_back(argv[i]);
                 netloop::spawn(restart_on_sigusr2(std::move(usr2), *server, args, log));
                 netloop::spawn(stats_on_sigusr1(std::move(usr1), *server, log));
+                netloop::spawn(reload_on_sighup(std::move(hup), *server, cfg, tls, reloads, log));
                 cfg.serve.on_drain = [draining] {
                     draining->store(true);
                     netloop::notify_stopping();

@@ -226,6 +226,18 @@ public:
     /// Throws `error` with `errc::accept_failed` only on an accept failure that cannot pass.
     [[nodiscard]] task<> serve(connection_handler handler, serve_options options = {});
 
+    /// Replaces the TLS context of a server made with `listen_options::tls`: handshakes that
+    /// begin afterwards use `tls` (its certificates, trust, ALPN, session tickets), on every loop
+    /// of a multi-core `serve()`; connections already established, and handshakes under way,
+    /// keep the context they began with, which lives as long as they do. Build `tls` completely
+    /// first; afterwards it is read-only. A certificate renewal without a restart: read the new
+    /// files into a new `tls_context::server()` (which throws on a bad file, leaving the server
+    /// as it was) and pass it here. Safe from any thread.
+    ///
+    /// Throws `error` with `errc::invalid_argument` if the server was made without TLS, or if
+    /// `tls` is empty or a client context.
+    void set_tls(const tls_context& tls);
+
     /// What this server has done so far. Safe from any thread.
     [[nodiscard]] server_stats stats() const noexcept;
 
