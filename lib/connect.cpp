@@ -107,6 +107,14 @@ address to_address(const sockaddr_storage& s) {
 task<std::vector<address>> resolve_name(std::string name, std::uint16_t port, duration timeout,
                                         loop& l) {
     if (name.empty()) throw error(errc::resolve_failed, "resolve \"\" (empty name)");
+    // An IP literal needs no resolver thread.
+    asio::error_code literal_ec;
+    auto literal = asio::ip::make_address(name, literal_ec);
+    if (!literal_ec) {
+        std::vector<address> one;
+        one.emplace_back(asio::ip::tcp::endpoint(literal, port));
+        co_return one;
+    }
     int wake = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (wake < 0) throw error(errc::resolve_failed, "resolve " + name + " (eventfd)", errno);
     std::shared_ptr<lookup_wait> w;
