@@ -1,9 +1,9 @@
 // SPDX-License-Identifier: MIT
 // resolve() and connect("host:port") against a name server that never answers: each call ends at
-// its own deadline, a hung lookup holds no other, a late answer is dropped even after its loop is
-// gone. The lookups run in a child process of this program with a mount namespace of its own,
-// whose /etc/resolv.conf names 127.0.0.1 (a bind mount there only): nothing else on the machine
-// sees it, and no query leaves it.
+// its own deadline or its cancellation, a hung lookup holds no other, a late answer is dropped
+// even after its loop is gone. The lookups run in a child process of this program with a mount
+// namespace of its own, whose /etc/resolv.conf names 127.0.0.1 (a bind mount there only): nothing
+// else on the machine sees it, and no query leaves it.
 #include <algorithm>
 #include <array>
 #include <atomic>
@@ -26,6 +26,11 @@
 #include <thread>
 #include <unistd.h>
 #include <vector>
+
+#include <asio/bind_cancellation_slot.hpp>
+#include <asio/cancellation_signal.hpp>
+#include <asio/co_spawn.hpp>
+#include <asio/detached.hpp>
 
 #include <netloop/netloop.hpp>
 
@@ -241,6 +246,8 @@ TEST_CASE("resolver child process: lookups against a silent server", "[.][resolv
     fallback_marker marker("silent-marker.example");
     timed_outcome a;
     timed_outcome b;
+    timed_outcome c;
+    asio::cancellation_signal cancel_c;
     std::vector<timed_outcome> flood(20);
     bool marker_asked = false;
     bool a_asked = false;
@@ -260,6 +267,14 @@ TEST_CASE("resolver child process: lookups against a silent server", "[.][resolv
             }
             b.after_fallback = marker.done();
             b.ended = true;
+            // C: a lookup with no deadline, cancelled while it hangs.
+            auto executor = co_await asio::this_coro::executor;
+            asio::co_spawn(executor,
+                           resolve_silent("silent-cancel.example", netloop::no_timeout, marker, c),
+                           asio::bind_cancellation_slot(cancel_c.slot(), asio::detached));
+            if (co_await asked_soon(dns, "silent-cancel.example")) {
+                cancel_c.emit(asio::cancellation_type::terminal);
+            }
             // More lookups at once than there are resolver threads: each ends at its deadline,
             // those that wait for a thread included.
             for (std::size_t i = 0; i < flood.size(); ++i) {
@@ -267,7 +282,7 @@ TEST_CASE("resolver child process: lookups against a silent server", "[.][resolv
                                               300ms, marker, flood[i]));
             }
             for (int i = 0; i < 2000; ++i) {
-                bool all = a.ended;
+                bool all = a.ended && c.ended;
                 for (const auto& f : flood) all = all && f.ended;
                 if (all) break;
                 co_await netloop::test::sleep_for(5ms);
@@ -279,6 +294,7 @@ TEST_CASE("resolver child process: lookups against a silent server", "[.][resolv
         std::to_string(a.after_fallback));
     say("b " + std::to_string(static_cast<int>(b.kind)) + " " + std::to_string(b.after_fallback) +
         " " + localhost);
+    say("c " + std::to_string(static_cast<int>(c.kind)) + " " + std::to_string(c.after_fallback));
     int flood_timeouts = 0;
     bool flood_after_fallback = false;
     for (const auto& f : flood) {
@@ -311,8 +327,8 @@ TEST_CASE("resolver child process: lookups against a silent server", "[.][resolv
 
 TEST_CASE(
     "connect(\"name:port\", 200ms) ends at 200 ms with timeout while the name server is silent; "
-    "a lookup of another name meanwhile, and lookups waiting for a resolver thread, are not held "
-    "by it; a late answer after the loop is gone is dropped",
+    "a lookup of another name meanwhile, a cancelled lookup, and lookups waiting for a resolver "
+    "thread are not held by it; a late answer after the loop is gone is dropped",
     "[resolve]") {
     netloop::test::temp_file conf;
     conf.write(resolv_conf);
@@ -381,6 +397,9 @@ TEST_CASE(
     CHECK(b_kind == 0);
     CHECK(b_late == 0);
     CHECK(b_hosts.find("127.0.0.1") != std::string::npos);
+
+    // C: cancelled while its lookup hung, it ends with cancelled before the fallback.
+    CHECK(find("c") == std::to_string(static_cast<int>(errc::cancelled)) + " 0");
 
     // 20 lookups at once, more than the resolver's threads: all 20 end with timeout at their
     // deadline, before the fallback.
