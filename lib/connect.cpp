@@ -69,8 +69,7 @@ task<connection> connect_to(address to, duration timeout, loop& l) {
 }
 
 // The caller's side of a lookup: the eventfd a resolver thread wakes it by, and the deadline.
-// Shared with the timer's and the cancellation slot's handlers, which may run after the caller
-// has returned. Its destructor abandons the lookup before the eventfd closes.
+// Owned by the call's frame alone; its destructor abandons the lookup before the eventfd closes.
 struct lookup_wait {
     lookup_wait(asio::io_context& c, int wake, std::shared_ptr<lookup> j)
         : job(std::move(j)), limit(c), woken(c, wake) {}
@@ -131,22 +130,28 @@ task<std::vector<address>> resolve_name(std::string name, std::uint16_t port, du
         throw error(errc::resolve_failed, "resolve " + name + " (no resolver thread)",
                     e.code().value());
     }
+    // The handlers hold no reference: the slot's handler stays in the caller's cancellation
+    // signal, which may outlive the io_context (a spawned task's does, when the loop is destroyed
+    // with the call pending); the wait's I/O objects must go with this frame.
+    std::weak_ptr<lookup_wait> weak = w;
     if (timeout != no_timeout) {
         w->limit.expires_after(timeout);
-        w->limit.async_wait([w](const asio::error_code& ec) {
-            if (!ec) {
-                w->timed_out = true;
+        w->limit.async_wait([weak](const asio::error_code& ec) {
+            if (auto waiting = weak.lock(); waiting && !ec) {
+                waiting->timed_out = true;
                 asio::error_code ignored;
-                w->woken.cancel(ignored);
+                waiting->woken.cancel(ignored);
             }
         });
     }
     auto state = co_await asio::this_coro::cancellation_state;
     auto slot = state.slot();
     if (slot.is_connected()) {
-        slot.assign([w](asio::cancellation_type) {
-            asio::error_code ignored;
-            w->woken.cancel(ignored);
+        slot.assign([weak](asio::cancellation_type) {
+            if (auto waiting = weak.lock()) {
+                asio::error_code ignored;
+                waiting->woken.cancel(ignored);
+            }
         });
     }
     auto [ec] = co_await w->woken.async_wait(
