@@ -1,15 +1,25 @@
 // SPDX-License-Identifier: MIT
 // The client side: connect to an address or a name (through the resolver), plain or TLS.
+#include <cerrno>
 #include <charconv>
 #include <cstdint>
+#include <cstring>
+#include <netdb.h>
+#include <netinet/in.h>
 #include <optional>
 #include <string>
+#include <sys/eventfd.h>
+#include <system_error>
 #include <tuple>
+#include <unistd.h>
+
+#include <asio/posix/stream_descriptor.hpp>
 
 #include <netloop/connection.hpp>
 
 #include "connection_impl.hpp"
 #include "logging.hpp"
+#include "resolver.hpp"
 
 namespace netloop {
 namespace detail {
@@ -58,47 +68,120 @@ task<connection> connect_to(address to, duration timeout, loop& l) {
     co_return std::move(conn);
 }
 
+// The caller's side of a lookup: the eventfd a resolver thread wakes it by, and the deadline.
+// Owned by the call's frame alone; its destructor abandons the lookup before the eventfd closes.
+struct lookup_wait {
+    lookup_wait(asio::io_context& c, int wake, std::shared_ptr<lookup> j)
+        : job(std::move(j)), limit(c), woken(c, wake) {}
+    ~lookup_wait() { job->abandon(); }
+    lookup_wait(const lookup_wait&) = delete;
+    lookup_wait& operator=(const lookup_wait&) = delete;
+
+    // `woken` last: once it is made it owns the eventfd, and nothing after it can throw.
+    std::shared_ptr<lookup> job;
+    asio::steady_timer limit;
+    asio::posix::stream_descriptor woken;
+    bool timed_out = false;
+};
+
+address to_address(const sockaddr_storage& s) {
+    if (s.ss_family == AF_INET) {
+        sockaddr_in in{};
+        std::memcpy(&in, &s, sizeof in);
+        asio::ip::address_v4::bytes_type bytes;
+        std::memcpy(bytes.data(), &in.sin_addr, bytes.size());
+        return address(asio::ip::tcp::endpoint(asio::ip::address_v4(bytes), ntohs(in.sin_port)));
+    }
+    sockaddr_in6 in6{};
+    std::memcpy(&in6, &s, sizeof in6);
+    asio::ip::address_v6::bytes_type bytes;
+    std::memcpy(bytes.data(), &in6.sin6_addr, bytes.size());
+    return address(asio::ip::tcp::endpoint(asio::ip::address_v6(bytes, in6.sin6_scope_id),
+                                           ntohs(in6.sin6_port)));
+}
+
+// getaddrinfo runs on a resolver thread (resolver.cpp): it cannot be interrupted, and it blocks
+// for as long as the name servers take. The call waits for its answer, its deadline or its
+// cancellation, whichever comes first; an answer that comes later is dropped.
 task<std::vector<address>> resolve_name(std::string name, std::uint16_t port, duration timeout,
                                         loop& l) {
     if (name.empty()) throw error(errc::resolve_failed, "resolve \"\" (empty name)");
-    // The resolver has no per-operation cancellation: the timer and a cancelled task both
-    // cancel the resolver as a whole. Shared with the handlers, which may run after we return.
-    struct lookup {
-        explicit lookup(asio::io_context& c) : resolver(c), limit(c) {}
-        asio::ip::tcp::resolver resolver;
-        asio::steady_timer limit;
-        bool timed_out = false;
-    };
-    auto job = std::make_shared<lookup>(l.context());
+    // An IP literal needs no resolver thread.
+    asio::error_code literal_ec;
+    auto literal = asio::ip::make_address(name, literal_ec);
+    if (!literal_ec) {
+        std::vector<address> one;
+        one.emplace_back(asio::ip::tcp::endpoint(literal, port));
+        co_return one;
+    }
+    int wake = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (wake < 0) throw error(errc::resolve_failed, "resolve " + name + " (eventfd)", errno);
+    std::shared_ptr<lookup_wait> w;
+    try {
+        auto job = std::make_shared<lookup>(name, std::to_string(port), wake);
+        w = std::make_shared<lookup_wait>(l.context(), wake, std::move(job));
+    } catch (...) {
+        ::close(wake);
+        throw;
+    }
+    try {
+        start_lookup(w->job);
+    } catch (const std::system_error& e) {
+        throw error(errc::resolve_failed, "resolve " + name + " (no resolver thread)",
+                    e.code().value());
+    }
+    // The handlers hold no reference: the slot's handler stays in the caller's cancellation
+    // signal, which may outlive the io_context (a spawned task's does, when the loop is destroyed
+    // with the call pending); the wait's I/O objects must go with this frame.
+    std::weak_ptr<lookup_wait> weak = w;
     if (timeout != no_timeout) {
-        job->limit.expires_after(timeout);
-        job->limit.async_wait([job](const asio::error_code& ec) {
-            if (!ec) {
-                job->timed_out = true;
-                job->resolver.cancel();
+        w->limit.expires_after(timeout);
+        w->limit.async_wait([weak](const asio::error_code& ec) {
+            if (auto waiting = weak.lock(); waiting && !ec) {
+                waiting->timed_out = true;
+                asio::error_code ignored;
+                waiting->woken.cancel(ignored);
             }
         });
     }
     auto state = co_await asio::this_coro::cancellation_state;
     auto slot = state.slot();
     if (slot.is_connected()) {
-        slot.assign([job](asio::cancellation_type) { job->resolver.cancel(); });
+        slot.assign([weak](asio::cancellation_type) {
+            if (auto waiting = weak.lock()) {
+                asio::error_code ignored;
+                waiting->woken.cancel(ignored);
+            }
+        });
     }
-    auto [ec, results] = co_await job->resolver.async_resolve(
-        name, std::to_string(port), asio::ip::resolver_base::numeric_service,
+    auto [ec] = co_await w->woken.async_wait(
+        asio::posix::stream_descriptor::wait_read,
         asio::bind_cancellation_slot(asio::cancellation_slot(), detail::use_tuple));
     if (slot.is_connected()) slot.clear();
-    job->limit.cancel();
-    bool timed_out = job->timed_out;
+    w->limit.cancel();
     if (ec == asio::error::operation_aborted) {
-        throw error(timed_out ? errc::timeout : errc::cancelled, "resolve " + name);
+        throw error(w->timed_out ? errc::timeout : errc::cancelled, "resolve " + name);
     }
-    if (ec) {
-        throw error(errc::resolve_failed, "resolve " + name + " (" + ec.message() + ")",
-                    ec.category() == asio::system_category() ? ec.value() : 0);
+    if (ec) throw error(errc::resolve_failed, "resolve " + name, ec.value());
+    int status = 0;
+    int sys_errno = 0;
+    std::vector<sockaddr_storage> found;
+    {
+        std::lock_guard lock(w->job->mutex);
+        status = w->job->status;
+        sys_errno = w->job->sys_errno;
+        found = std::move(w->job->found);
+    }
+    if (status != 0) {
+        throw error(errc::resolve_failed,
+                    "resolve " + name + " (" +
+                        (status == EAI_SYSTEM ? std::strerror(sys_errno) : ::gai_strerror(status)) +
+                        ")",
+                    sys_errno);
     }
     std::vector<address> out;
-    for (const auto& entry : results) out.emplace_back(entry.endpoint());
+    out.reserve(found.size());
+    for (const auto& one : found) out.push_back(to_address(one));
     if (out.empty()) throw error(errc::resolve_failed, "resolve " + name + " (no addresses)");
     co_return out;
 }

@@ -36,6 +36,15 @@ inline constexpr clock::time_point never = clock::time_point::max();
     return now + std::max(timeout, duration::zero());
 }
 
+// The connections open on all the loops of one server, and the most that were open at once: a
+// true peak across the loops of a multi-core serve(), which a sum of each loop's peak is not.
+// Written by every loop on open and close (locked instructions, once per connection, never per
+// message).
+struct server_totals {
+    std::atomic<std::uint64_t> active{0};
+    std::atomic<std::uint64_t> peak_active{0};
+};
+
 // What one server has done. One writer (the loop thread), readers on any thread: relaxed
 // load+store, no locked instruction on the hot path.
 struct server_counters {
@@ -43,7 +52,6 @@ struct server_counters {
     counter accepted{0};
     counter rejected{0};
     counter active{0};
-    counter peak_active{0};
     counter bytes_read{0};
     counter bytes_written{0};
     counter accept_errors{0};
@@ -64,11 +72,21 @@ struct server_counters {
     static void set(counter& c, std::uint64_t v) noexcept { c.store(v, std::memory_order_relaxed); }
     static void add(counter& c, std::uint64_t n) noexcept { set(c, get(c) + n); }
 
+    // Shared by every loop's counters of one server (server_state::add_counters links them).
+    std::shared_ptr<server_totals> totals = std::make_shared<server_totals>();
+
     void opened() noexcept {
         add(active, 1);
-        if (get(active) > get(peak_active)) set(peak_active, get(active));
+        auto now = totals->active.fetch_add(1, std::memory_order_relaxed) + 1;
+        auto peak = totals->peak_active.load(std::memory_order_relaxed);
+        while (now > peak &&
+               !totals->peak_active.compare_exchange_weak(peak, now, std::memory_order_relaxed)) {
+        }
     }
-    void closed() noexcept { set(active, get(active) - 1); }
+    void closed() noexcept {
+        set(active, get(active) - 1);
+        totals->active.fetch_sub(1, std::memory_order_relaxed);
+    }
 };
 
 // One direction (read or write): the deadline of its pending operation, and the signal that

@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: MIT
 // Socket activation, sd_notify, the watchdog, and start_successor, without libsystemd.
+#include <array>
 #include <atomic>
 #include <cerrno>
 #include <charconv>
@@ -13,6 +14,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/uio.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -239,6 +241,39 @@ struct successor_plan {
     ::_exit(127);
 }
 
+struct notification {
+    std::size_t size = 0;
+    pid_t sender = 0;  // 0: the kernel attached no credentials
+};
+
+// One datagram from the notify socket, without blocking, with its sender's pid (SO_PASSCRED);
+// nullopt if none is there or its receive failed.
+std::optional<notification> receive_notification(int fd, std::array<char, 512>& into) noexcept {
+    iovec data{into.data(), into.size()};
+    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(ucred))];
+    msghdr m{};
+    m.msg_iov = &data;
+    m.msg_iovlen = 1;
+    m.msg_control = control;
+    m.msg_controllen = sizeof control;
+    ssize_t n = 0;
+    do {
+        n = ::recvmsg(fd, &m, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+    } while (n < 0 && errno == EINTR);
+    if (n < 0) return std::nullopt;
+    notification out;
+    out.size = static_cast<std::size_t>(n);
+    for (auto* c = CMSG_FIRSTHDR(&m); c != nullptr; c = CMSG_NXTHDR(&m, c)) {
+        if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_CREDENTIALS &&
+            c->cmsg_len >= CMSG_LEN(sizeof(ucred))) {
+            ucred who{};
+            std::memcpy(&who, CMSG_DATA(c), sizeof who);
+            out.sender = who.pid;
+        }
+    }
+    return out;
+}
+
 }  // namespace
 
 task<pid_t> start_successor(std::vector<std::string> argv, std::vector<const server*> servers,
@@ -255,6 +290,13 @@ task<pid_t> start_successor(std::vector<std::string> argv, std::vector<const ser
     ready.open(asio::local::datagram_protocol(), ec);
     if (!ec) ready.bind(asio::local::datagram_protocol::endpoint(name), ec);
     if (ec) throw error(errc::spawn_failed, "start successor: notify socket", ec.value());
+    // Any local process can find an abstract name (/proc/net/unix): with SO_PASSCRED the kernel
+    // attaches each sender's pid to its datagram, so only the successor's own READY=1 counts.
+    int pass_credentials = 1;
+    if (::setsockopt(ready.native_handle(), SOL_SOCKET, SO_PASSCRED, &pass_credentials,
+                     sizeof pass_credentials) != 0) {
+        throw error(errc::spawn_failed, "start successor: notify socket (SO_PASSCRED)", errno);
+    }
 
     successor_plan plan;
     plan.argv = std::move(argv);
@@ -309,10 +351,19 @@ task<pid_t> start_successor(std::vector<std::string> argv, std::vector<const ser
     std::array<char, 512> message;
     bool is_ready = false;
     while (!is_ready) {
-        auto [receive_ec, n] =
-            co_await wait->socket.async_receive(asio::buffer(message), detail::use_tuple);
-        if (receive_ec) break;
-        std::string_view text(message.data(), n);
+        auto [wait_ec] = co_await wait->socket.async_wait(
+            asio::local::datagram_protocol::socket::wait_read, detail::use_tuple);
+        if (wait_ec) break;
+        auto got = receive_notification(wait->socket.native_handle(), message);
+        if (!got) continue;  // nothing after all (EAGAIN), or an error of this datagram alone
+        if (got->sender != pid) {
+            detail::log(spdlog::level::warn,
+                        "start successor: ignored a notification from pid {} (the successor is "
+                        "pid {})",
+                        got->sender, pid);
+            continue;
+        }
+        std::string_view text(message.data(), got->size);
         is_ready = text == "READY=1" || text.starts_with("READY=1\n") ||
                    text.find("\nREADY=1") != std::string_view::npos;
     }

@@ -181,6 +181,9 @@ void server_state::link(std::shared_ptr<server_state> other) {
 }
 
 void server_state::add_counters(std::shared_ptr<server_counters> c) {
+    // Before the extra loop opens any connection: its opens and closes count in the server's
+    // totals, whose peak is the true one across loops.
+    c->totals = counters->totals;
     std::lock_guard lock(linked_mutex_);
     extra_counters_.push_back(std::move(c));
 }
@@ -267,7 +270,6 @@ server_stats server::stats() const noexcept {
             total.accepted += server_counters::get(c->accepted);
             total.rejected += server_counters::get(c->rejected);
             total.active += server_counters::get(c->active);
-            total.peak_active += server_counters::get(c->peak_active);
             total.bytes_read += server_counters::get(c->bytes_read);
             total.bytes_written += server_counters::get(c->bytes_written);
             total.accept_errors += server_counters::get(c->accept_errors);
@@ -277,6 +279,7 @@ server_stats server::stats() const noexcept {
     } catch (...) {
         // all_counters() copies a few pointers; without memory there is nothing to add up.
     }
+    total.peak_active = state_->counters->totals->peak_active.load(std::memory_order_relaxed);
     return total;
 }
 

@@ -31,9 +31,10 @@
 //
 // --metrics HOST:PORT serves the server's counters to Prometheus: GET /metrics over HTTP/1.1
 // answers in the text exposition format (render_metrics), one request per connection; other
-// paths get 404, other methods 405, anything unreadable 400. Once listening, the daemon prints
-// a second line, "metrics on <address>". The port is bound with SO_REUSEPORT so that a
-// successor started by SIGUSR2 can bind it too.
+// paths get 404, other methods 405, anything unreadable 400. It serves 16 scrapes at once, at
+// most 4 from one client address (more are closed at once), so one client cannot hold every
+// slot. Once listening, the daemon prints a second line, "metrics on <address>". The port is
+// bound with SO_REUSEPORT so that a successor started by SIGUSR2 can bind it too.
 //
 // Announces "listening on <address>", logs to stderr, drains on SIGINT/SIGTERM and exits 0; a
 // second signal cancels the remaining connections at once.
@@ -86,7 +87,8 @@ constexpr const char* usage =
     "  --max-connections-per-ip N  at most N connections at once from one IP address;\n"
     "                              one more is closed at once and counted as rejected\n"
     "  --metrics HOST:PORT         serve GET /metrics (Prometheus text format) on HOST:PORT;\n"
-    "                              prints \"metrics on <address>\" after \"listening on\"\n"
+    "                              prints \"metrics on <address>\" after \"listening on\";\n"
+    "                              16 scrapes at once, 4 from one client address\n"
     "  --proxy-protocol VERSION    behind a load balancer: each connection starts with a PROXY\n"
     "                              header (v1, v2 or either) carrying the client's address,\n"
     "                              used for logs and --max-connections-per-ip\n"
@@ -433,11 +435,13 @@ netloop::task<> answer_scrape(netloop::connection conn, metrics_source source) {
 }
 
 // The metrics listener's accept loop; the task owns the listener, so it outlives main()'s frame
-// until its last scrape ends.
+// until its last scrape ends. A client (one address) gets 4 of the 16 slots at most: idle
+// connections of one cannot turn away another's scrape.
 netloop::task<> serve_metrics(std::shared_ptr<netloop::server> metrics, metrics_source source) {
     auto scrape = [source](netloop::connection c) { return answer_scrape(std::move(c), source); };
     co_await metrics->serve(scrape, {.max_connections = 16,
                                      .on_limit = netloop::limit_policy::reject,
+                                     .max_connections_per_ip = 4,
                                      .idle_timeout = 10s,
                                      .connection_deadline = 30s,
                                      .drain_timeout = 2s});

@@ -2,11 +2,15 @@
 // samples/daemon under systemd's protocols: socket activation by the real
 // systemd-socket-activate, readiness and watchdog on a NOTIFY_SOCKET the test owns, bad
 // activation environments, and a restart that hands the socket over without losing a client.
+#include <array>
 #include <atomic>
 #include <csignal>
 #include <cstdlib>
+#include <cstring>
 #include <fcntl.h>
 #include <fstream>
+#include <optional>
+#include <poll.h>
 #include <sstream>
 #include <sys/prctl.h>
 #include <sys/socket.h>
@@ -19,6 +23,7 @@
 
 #include "support/bounded.hpp"
 #include "support/catch.hpp"
+#include "support/log_capture.hpp"
 #include "support/loopback.hpp"
 #include "support/process.hpp"
 
@@ -325,4 +330,138 @@ TEST_CASE("SIGUSR2 hands the socket to a new process: no client refused, reset o
     }
     CHECK(WIFEXITED(status));
     CHECK(WEXITSTATUS(status) == 0);
+}
+
+namespace {
+
+// Sends `state` to the datagram socket `name` (an abstract one if it starts with '@') from the
+// calling process. Async-signal-safe: used in forked children.
+bool send_state(const char* name, const char* state) {
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    std::size_t len = std::strlen(name);
+    if (len == 0 || len >= sizeof addr.sun_path) return false;
+    std::memcpy(addr.sun_path, name, len);
+    if (name[0] == '@') addr.sun_path[0] = '\0';
+    int fd = ::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return false;
+    auto sent = ::sendto(fd, state, std::strlen(state), 0, reinterpret_cast<sockaddr*>(&addr),
+                         static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + len));
+    ::close(fd);
+    return sent >= 0;
+}
+
+// This test program is its own successor in the start_successor() test below: run with
+// NETLOOP_TEST_SUCCESSOR_GATE set, it waits (at most 30 s) for that file to exist, sends
+// READY=1 to its NOTIFY_SOCKET from its own pid, and waits for SIGTERM. It does so before
+// main(), so Catch2 never runs in it.
+[[maybe_unused]] const bool successor_role = [] {
+    const char* gate = std::getenv("NETLOOP_TEST_SUCCESSOR_GATE");
+    if (gate == nullptr) return false;
+    for (int i = 0; i < 6000 && ::access(gate, F_OK) != 0; ++i) ::usleep(5000);
+    const char* notify_socket = std::getenv("NOTIFY_SOCKET");
+    if (notify_socket == nullptr || !send_state(notify_socket, "READY=1")) ::_exit(3);
+    for (;;) ::pause();
+}();
+
+// The abstract name of a start_successor() notify socket of this process, from /proc/net/unix
+// (where any local process can find it), with its leading '@'; empty if there is none.
+std::string find_successor_socket() {
+    std::ifstream in("/proc/net/unix");
+    std::string line;
+    const std::string prefix = "@netloop-successor-" + std::to_string(::getpid()) + "-";
+    while (std::getline(in, line)) {
+        auto at = line.find(prefix);
+        if (at != std::string::npos) return line.substr(at);
+    }
+    return {};
+}
+
+task<> start_into(std::string program, const netloop::server* s, std::optional<pid_t>& pid,
+                  std::string& failure) {
+    try {
+        std::vector<std::string> argv{std::move(program)};
+        std::vector<const netloop::server*> servers{s};
+        pid = co_await netloop::start_successor(std::move(argv), std::move(servers), 30s);
+    } catch (const std::exception& e) {
+        failure = e.what();
+    }
+}
+
+}  // namespace
+
+TEST_CASE(
+    "start_successor() is made ready only by the successor itself: a READY=1 that another local "
+    "process sends first is ignored and logged",
+    "[activation][restart]") {
+    temp_dir dir;
+    const std::string gate = dir.path + "/gate";
+    REQUIRE(::setenv("NETLOOP_TEST_SUCCESSOR_GATE", gate.c_str(), 1) == 0);
+    struct unset_gate {
+        ~unset_gate() { ::unsetenv("NETLOOP_TEST_SUCCESSOR_GATE"); }
+    } unset;
+    std::array<char, 4096> self{};
+    auto self_len = ::readlink("/proc/self/exe", self.data(), self.size() - 1);
+    REQUIRE(self_len > 0);
+    netloop::test::log_capture log(spdlog::level::info);
+    struct result {
+        std::string socket_name;
+        pid_t impostor = -1;
+        bool impostor_sent = false;
+        bool ignored_logged = false;
+        bool ready_before_gate = false;
+        std::optional<pid_t> successor;
+        std::string failure;
+    };
+    auto r = run_bounded(
+        [&]() -> task<result> {
+            result r;
+            auto s = netloop::server::listen(address::parse("127.0.0.1:0"));
+            netloop::spawn(start_into(std::string(self.data(), static_cast<std::size_t>(self_len)),
+                                      &s, r.successor, r.failure));
+            for (int i = 0; i < 2000 && r.socket_name.empty(); ++i) {
+                co_await netloop::test::sleep_for(5ms);
+                r.socket_name = find_successor_socket();
+            }
+            if (r.socket_name.empty()) co_return r;
+            // Another local process (not the successor, which waits for the gate) sends READY=1.
+            r.impostor = ::fork();
+            if (r.impostor == 0) ::_exit(send_state(r.socket_name.c_str(), "READY=1") ? 0 : 1);
+            int status = -1;
+            for (int i = 0; i < 2000 && ::waitpid(r.impostor, &status, WNOHANG) == 0; ++i) {
+                co_await netloop::test::sleep_for(5ms);
+            }
+            r.impostor_sent = WIFEXITED(status) && WEXITSTATUS(status) == 0;
+            const std::string ignored =
+                "ignored a notification from pid " + std::to_string(r.impostor);
+            for (int i = 0; i < 2000 && !r.successor && r.failure.empty() && !log.contains(ignored);
+                 ++i) {
+                co_await netloop::test::sleep_for(5ms);
+            }
+            r.ignored_logged = log.contains(ignored);
+            r.ready_before_gate = r.successor.has_value() || !r.failure.empty();
+            // Now the successor sends its own READY=1.
+            std::ofstream(gate).put('\n');
+            for (int i = 0; i < 4000 && !r.successor && r.failure.empty(); ++i) {
+                co_await netloop::test::sleep_for(5ms);
+            }
+            co_return r;
+        },
+        40s);
+    // The successor, if it started, is ours to stop (by its pid, bounded).
+    auto stop = [](pid_t pid) {
+        ::kill(pid, SIGTERM);
+        int status = 0;
+        for (int i = 0; i < 2000 && ::waitpid(pid, &status, WNOHANG) == 0; ++i) {
+            std::this_thread::sleep_for(5ms);
+        }
+    };
+    if (r.successor) stop(*r.successor);
+    REQUIRE_FALSE(r.socket_name.empty());
+    CHECK(r.impostor_sent);
+    CHECK_FALSE(r.ready_before_gate);
+    CHECK(r.ignored_logged);
+    CAPTURE(r.failure);
+    REQUIRE(r.successor.has_value());
+    CHECK(*r.successor != r.impostor);
 }

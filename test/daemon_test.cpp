@@ -683,3 +683,39 @@ TEST_CASE(
     CAPTURE(err.contents());
     CHECK(daemon.exited_with(0, 10s));
 }
+
+TEST_CASE(
+    "daemon --metrics gives one client address 4 connections at most: a client that holds many "
+    "idle ones does not turn away another's scrape",
+    "[samples][daemon][metrics]") {
+    temp_file err;
+    child_process daemon(daemon_args({"--metrics", "127.0.0.1:0"}), {}, err.path());
+    REQUIRE(daemon.announced_port() != 0);
+    auto scrape_at = metrics_address(daemon);
+    REQUIRE(scrape_at);
+    struct result {
+        asio::error_code fifth_end;
+        http_reply reply;
+    };
+    auto r = run_bounded([&]() -> task<result> {
+        result r;
+        // One client (127.0.0.2) opens 20 connections and sends nothing: more than the 16
+        // slots. They reach the accept queue before the scrape below.
+        std::vector<asio::ip::tcp::socket> idle;
+        for (int i = 0; i < 20; ++i) {
+            idle.push_back(co_await netloop::test::raw_connect(*scrape_at, 5s, "127.0.0.2"));
+        }
+        // Its fifth is over its share: closed at once (EOF), not left to the 10 s idle timeout.
+        std::array<std::byte, 1> one{};
+        r.fifth_end = co_await netloop::test::raw_read(idle[4], one, 5s);
+        // Another client (127.0.0.1) still gets its answer.
+        r.reply = co_await http_exchange(*scrape_at, "GET /metrics HTTP/1.1\r\n\r\n");
+        co_return r;
+    });
+    CHECK(r.fifth_end == asio::error::eof);
+    CHECK(r.reply.status_line == "HTTP/1.1 200 OK");
+    CHECK(metric(r.reply.body, "netloop_connections_accepted_total") == 0);
+    daemon.signal(SIGTERM);
+    CAPTURE(err.contents());
+    CHECK(daemon.exited_with(0, 10s));
+}

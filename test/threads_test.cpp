@@ -212,3 +212,115 @@ TEST_CASE("max_connections holds across loops", "[threads]") {
     });
     CHECK(rejected == 1);
 }
+
+namespace {
+
+// Which loop serves each client, by the client's port; written by the handlers.
+struct loop_of_client {
+    std::mutex m;
+    std::map<std::uint16_t, const netloop::loop*> loops;
+};
+
+// Records the loop it runs on, then holds the connection until the client closes it.
+task<> record_and_hold(netloop::connection c, loop_of_client& where) {
+    {
+        std::lock_guard lock(where.m);
+        where.loops[c.remote_address().port()] = &netloop::loop::current();
+    }
+    std::array<std::byte, 16> buf;
+    try {
+        for (;;) (void)co_await c.read(buf, 10s);
+    } catch (const netloop::error&) {
+    }
+}
+
+}  // namespace
+
+TEST_CASE(
+    "stats().peak_active with two loops is the most connections open at once on both, not the "
+    "sum of each loop's own peak",
+    "[threads]") {
+    struct result {
+        std::uint64_t true_peak = 0;
+        std::uint64_t sum_of_loop_peaks = 0;
+        std::uint64_t reported = 0;
+    };
+    auto r = run_bounded(
+        []() -> task<result> {
+            loop_of_client where;
+            auto s = netloop::server::listen(address::parse("127.0.0.1:0"));
+            bool served = false;
+            netloop::spawn([](netloop::server& srv, loop_of_client& w, bool& flag) -> task<> {
+                co_await srv.serve(
+                    [&w](netloop::connection c) { return record_and_hold(std::move(c), w); },
+                    {.drain_timeout = 10s, .threads = 2});
+                flag = true;
+            }(s, where, served));
+
+            struct held_connection {
+                netloop::connection conn;
+                const netloop::loop* on;
+            };
+            std::vector<held_connection> held;
+            std::map<const netloop::loop*, std::uint64_t> open_on;
+            std::map<const netloop::loop*, std::uint64_t> peak_on;
+            result out;
+            auto open_one = [&]() -> task<const netloop::loop*> {
+                auto c = co_await netloop::connect(s.local_address(), 5s);
+                auto port = c.local_address().port();
+                const netloop::loop* on = nullptr;
+                while (on == nullptr) {
+                    {
+                        std::lock_guard lock(where.m);
+                        if (auto it = where.loops.find(port); it != where.loops.end()) {
+                            on = it->second;
+                        }
+                    }
+                    if (on == nullptr) co_await netloop::test::sleep_for(2ms);
+                }
+                held.push_back({std::move(c), on});
+                peak_on[on] = std::max(peak_on[on], ++open_on[on]);
+                out.true_peak = std::max<std::uint64_t>(out.true_peak, held.size());
+                co_return on;
+            };
+            // Closes the held connections whose loop `close_it` names, and waits until the
+            // server counts them closed.
+            auto close_where = [&](auto close_it) -> task<> {
+                std::erase_if(held, [&](held_connection& h) {
+                    if (!close_it(h.on)) return false;
+                    --open_on[h.on];
+                    return true;
+                });
+                while (s.stats().active != held.size()) {
+                    co_await netloop::test::sleep_for(2ms);
+                }
+            };
+            // Loop X's peak first: open until X has two, then close the other loop's. Then
+            // close all, and open until the other loop has two. Each loop peaks at 2, but the
+            // two loops' peaks come at different times: together they never held 4.
+            const netloop::loop* x = nullptr;
+            for (int i = 0; i < 20 && x == nullptr; ++i) {
+                auto on = co_await open_one();
+                if (open_on[on] == 2) x = on;
+            }
+            auto not_on_x = [&x](const netloop::loop* on) { return on != x; };
+            auto any = [](const netloop::loop*) { return true; };
+            co_await close_where(not_on_x);
+            co_await close_where(any);
+            const netloop::loop* y = nullptr;
+            for (int i = 0; i < 20 && y == nullptr; ++i) {
+                auto on = co_await open_one();
+                if (on != x && open_on[on] == 2) y = on;
+            }
+            for (auto& [l, peak] : peak_on) out.sum_of_loop_peaks += peak;
+            out.reported = s.stats().peak_active;
+            held.clear();
+            s.close();
+            while (!served) co_await netloop::test::sleep_for(2ms);
+            co_return out;
+        },
+        60s);
+    // The scenario is meaningful only if the two differ (hand_off's turns make them 3 and 4).
+    REQUIRE(r.sum_of_loop_peaks != r.true_peak);
+    CHECK(r.reported == r.true_peak);
+}

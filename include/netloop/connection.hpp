@@ -235,23 +235,32 @@ private:
                                                    duration timeout, std::string server_name = {},
                                                    loop& l = loop::current());
 
-/// Resolves `host` (a name such as "localhost", or an IP literal) with Asio's resolver and
-/// returns its addresses with `port`, IPv6 and IPv4 as the system orders them.
+/// Resolves `host` (a name such as "localhost", or an IP literal) with the system resolver
+/// (getaddrinfo: /etc/hosts, then the name servers of resolv.conf) and returns its addresses
+/// with `port`, IPv6 and IPv4 as the system orders them.
+///
+/// The lookup runs on a resolver thread, never on the loop: the process shares up to 16 of
+/// them, so a lookup that hangs on a silent name server holds no other; past 16 at once, a
+/// lookup waits for a free thread. `timeout` bounds the whole call, that wait included,
+/// whatever the name servers do.
 ///
 /// Throws `error` with `errc::resolve_failed` (with the resolver's message) if the name does
-/// not resolve, `errc::timeout` after `timeout`, `errc::cancelled` if the awaiting task is
-/// cancelled; the lookup itself may finish in the background (getaddrinfo cannot be stopped).
+/// not resolve, `errc::timeout` once `timeout` has passed, `errc::cancelled` if the awaiting
+/// task is cancelled. getaddrinfo cannot be stopped: after a timeout or a cancellation the
+/// lookup may go on in the background, and its answer is dropped (also when the loop is gone).
 [[nodiscard]] NETLOOP_API task<std::vector<address>> resolve(std::string_view host,
                                                              std::uint16_t port, duration timeout,
                                                              loop& l = loop::current());
 
 /// Connects to `"host:port"` (a name or `[v6]`/v4 literal), trying each resolved address in
-/// turn; `timeout` bounds the whole call. Throws as `resolve()` and `connect()`.
+/// turn; `timeout` bounds the whole call: the name's lookup (as `resolve()`) and the connects
+/// together. Throws as `resolve()` and `connect()`: `errc::timeout` once `timeout` has passed,
+/// also while the lookup hangs.
 [[nodiscard]] NETLOOP_API task<connection> connect(std::string_view host_and_port, duration timeout,
                                                    loop& l = loop::current());
 
 /// `connect("host:port")` over TLS: the certificate is verified for `host`, which is sent as
-/// SNI. Throws as both.
+/// SNI; `timeout` bounds the lookup, the connects and the handshake together. Throws as both.
 [[nodiscard]] NETLOOP_API task<connection> connect(std::string_view host_and_port,
                                                    const tls_context& tls, duration timeout,
                                                    loop& l = loop::current());

@@ -57,7 +57,11 @@ NETLOOP_API bool notify_status(std::string_view text) noexcept;
 
 /// Starts `argv` (argv[0] a path) as a successor that inherits `servers`' listening sockets
 /// through the LISTEN_FDS protocol — it adopts them with `listen_activated()` — and waits, up
-/// to `ready_timeout`, for it to send READY=1 on a NOTIFY_SOCKET of ours. Returns its pid; the
+/// to `ready_timeout`, for it to send READY=1 on a NOTIFY_SOCKET of ours. Only the successor's
+/// own process counts (its pid, checked through the kernel's SCM_CREDENTIALS, as systemd's
+/// `NotifyAccess=main`): a message from any other process — another local one that found the
+/// socket, or a child of the successor — is ignored and logged at warn. A wrapper script must
+/// `exec` the program, so that the pid stays the same. Returns its pid; the
 /// caller then stops accepting and drains (nginx-style restart: the kernel's accept queue is
 /// shared, so no connection is refused or reset in between). A Unix socket file then belongs
 /// to the successor: this process's `close()` no longer removes it.

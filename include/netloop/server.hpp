@@ -33,7 +33,7 @@ struct server_stats {
     std::uint64_t accepted = 0;            ///< connections accepted (rejected ones included)
     std::uint64_t rejected = 0;            ///< accepted and closed at once by a limit
     std::uint64_t active = 0;              ///< connections open now
-    std::uint64_t peak_active = 0;         ///< the most that were open at once
+    std::uint64_t peak_active = 0;         ///< the most open at once, all loops together
     std::uint64_t bytes_read = 0;          ///< bytes read from all connections
     std::uint64_t bytes_written = 0;       ///< bytes written to all connections
     std::uint64_t accept_errors = 0;       ///< failed accept attempts (EMFILE, ECONNABORTED, ...)
