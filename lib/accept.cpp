@@ -3,6 +3,7 @@
 // header, TLS handshake) side by side; next().
 #include <cerrno>
 #include <deque>
+#include <new>
 
 #include <asio/experimental/awaitable_operators.hpp>
 
@@ -81,6 +82,15 @@ void log_recovered(server_state& s) {
 
 }  // namespace
 
+void log_dropped(const server_state& s, const std::exception& e) noexcept {
+    try {
+        log(spdlog::level::err, "accept on {}: {}; connection dropped", s.local.to_string(),
+            e.what());
+    } catch (...) {
+        // No memory for the message either.
+    }
+}
+
 task<std::optional<accepted>> accept_next(std::shared_ptr<server_state> state,
                                           asio::io_context& into) {
     auto& s = *state;
@@ -149,12 +159,18 @@ task<> prepare_into(std::shared_ptr<server_state> state, std::shared_ptr<connect
 }
 
 // One accept; the connection's preparation starts in a task of its own. False once the stream
-// ended (closed, or this branch was cancelled).
+// ended (closed, or this branch was cancelled). Out of memory, the connection (if one was taken)
+// is dropped and true returned: an exception here would leave next_prepared() waiting for the
+// other branch, its wake timer, forever.
 task<bool> accept_and_prepare(std::shared_ptr<server_state> state) {
-    auto a = co_await accept_next(state, state->owner.context());
-    if (!a) co_return false;
-    auto impl = make_connection(state->owner, std::move(*a), state->counters);
-    spawn(prepare_into(state, std::move(impl)), state->owner);
+    try {
+        auto a = co_await accept_next(state, state->owner.context());
+        if (!a) co_return false;
+        auto impl = make_connection(state->owner, std::move(*a), state->counters);
+        spawn(prepare_into(state, std::move(impl)), state->owner);
+    } catch (const std::bad_alloc& e) {
+        log_dropped(*state, e);
+    }
     co_return true;
 }
 
@@ -193,10 +209,16 @@ task<std::optional<connection>> connection_stream::next() {
     if (state->tls || state->proxy.mode != proxy_protocol::off) {
         co_return co_await detail::next_prepared(state);
     }
-    auto a = co_await detail::accept_next(state, state->owner.context());
-    if (!a) co_return std::nullopt;
-    co_return detail::connection_access::make(
-        detail::make_connection(state->owner, std::move(*a), state->counters));
+    for (;;) {
+        auto a = co_await detail::accept_next(state, state->owner.context());
+        if (!a) co_return std::nullopt;
+        try {
+            co_return detail::connection_access::make(
+                detail::make_connection(state->owner, std::move(*a), state->counters));
+        } catch (const std::bad_alloc& e) {
+            detail::log_dropped(*state, e);  // the socket closed with `a`; accept the next one
+        }
+    }
 }
 
 }  // namespace netloop

@@ -3,8 +3,10 @@
 // the optional extra loops (threads) that share the work.
 #include <list>
 #include <mutex>
+#include <new>
 #include <optional>
 #include <thread>
+#include <tuple>
 #include <unordered_map>
 
 #include <asio/executor_work_guard.hpp>
@@ -209,25 +211,38 @@ task<> run_handler(std::shared_ptr<loop_share> s, connection conn,
 
 // On `s`'s loop: wraps an accepted socket, and starts its handler or turns it away. Behind a
 // PROXY header the per-IP limit waits for the header (run_handler); the total counts at once.
-void deliver(const std::shared_ptr<loop_share>& s, accepted a) {
-    auto impl = make_connection(s->owner, std::move(a), s->counters);
-    auto conn = connection_access::make(impl);
-    auto& options = s->common->options;
+// Out of memory, the connection is dropped (closed) and logged; the server goes on.
+void deliver(const std::shared_ptr<loop_share>& s, accepted a,
+             const server_state& listener) noexcept {
     std::optional<asio::ip::address> ip;
-    if (s->common->proxy.mode == proxy_protocol::off) ip = impl->remote.endpoint().address();
-    auto verdict = s->common->limits.try_admit(ip, options);
-    if (verdict != admission::admitted) {
-        server_counters::add(s->counters->rejected, 1);
-        log_rejected(impl->remote, verdict);
-        return;  // conn closes gracefully: the client reads EOF
+    bool admitted = false;
+    try {
+        auto impl = make_connection(s->owner, std::move(a), s->counters);
+        auto conn = connection_access::make(impl);
+        auto& options = s->common->options;
+        if (s->common->proxy.mode == proxy_protocol::off) ip = impl->remote.endpoint().address();
+        auto verdict = s->common->limits.try_admit(ip, options);
+        if (verdict != admission::admitted) {
+            server_counters::add(s->counters->rejected, 1);
+            log_rejected(impl->remote, verdict);
+            return;  // conn closes gracefully: the client reads EOF
+        }
+        admitted = true;
+        impl->linger_timeout = options.linger_timeout;
+        impl->fresh = true;
+        impl->set_limits(options.idle_timeout, options.connection_deadline);
+        ++s->running;
+        // The exit handler holds the share: the registry it unlinks from lives there. Out of
+        // memory, spawn_tracked throws before the handler started.
+        spawn_tracked(s->owner.context(), s->handlers, run_handler(s, std::move(conn), ip),
+                      [s](std::exception_ptr) {});
+    } catch (const std::exception& e) {
+        if (admitted) {
+            --s->running;
+            s->common->limits.release(ip);
+        }
+        log_dropped(listener, e);
     }
-    impl->linger_timeout = options.linger_timeout;
-    impl->fresh = true;
-    impl->set_limits(options.idle_timeout, options.connection_deadline);
-    ++s->running;
-    // The exit handler holds the share: the registry it unlinks from lives there.
-    spawn_tracked(s->owner.context(), s->handlers, run_handler(s, std::move(conn), ip),
-                  [s](std::exception_ptr) {});
 }
 
 // Accepts on `listener` until it closes or the task is cancelled, handing each connection to
@@ -251,13 +266,37 @@ task<> accept_loop(std::shared_ptr<loop_share> self, std::shared_ptr<server_stat
         if (cancelled) break;
         auto& target = targets[next];
         next = (next + 1) % targets.size();
-        auto a = co_await accept_next(listener, target->owner.context());
+        std::optional<accepted> a;
+        bool out_of_memory = false;
+        try {
+            a = co_await accept_next(listener, target->owner.context());
+        } catch (const std::bad_alloc& e) {
+            log_dropped(*listener, e);
+            out_of_memory = true;
+        }
+        if (out_of_memory) {
+            // Pause briefly rather than spin while memory is short (without memory for the
+            // timer either, go on at once). Cancelled meanwhile: the loop ends, as accept_next's.
+            asio::error_code ec;
+            try {
+                asio::steady_timer timer(self->owner.context(), std::chrono::milliseconds(5));
+                std::tie(ec) = co_await timer.async_wait(use_tuple);
+            } catch (const std::bad_alloc&) {
+            }
+            if (ec) break;
+            continue;
+        }
         if (!a) break;
         if (target == self) {
-            deliver(self, std::move(*a));
-        } else {
-            target->owner.post(
-                [target, a = std::move(*a)]() mutable { deliver(target, std::move(a)); });
+            deliver(self, std::move(*a), *listener);
+            continue;
+        }
+        try {
+            target->owner.post([target, listener, a = std::move(*a)]() mutable {
+                deliver(target, std::move(a), *listener);
+            });
+        } catch (const std::bad_alloc& e) {
+            log_dropped(*listener, e);  // the socket closed with the handler that was not posted
         }
     }
 }

@@ -149,6 +149,10 @@ void server_state::remove_socket_file() noexcept {
 }
 
 void server_state::close() noexcept {
+    // From another thread, what this call does (the shutdown below) can end the loop's serve()
+    // or next() at once, and the task that owned the server then destroys it: hold this state
+    // until the call returns.
+    auto keep_alive = weak_from_this().lock();
     if (closed.exchange(true)) return;
     remove_socket_file();
     {

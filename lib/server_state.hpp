@@ -4,6 +4,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <exception>
 #include <list>
 #include <memory>
 #include <mutex>
@@ -106,6 +107,9 @@ std::shared_ptr<server_state> open_listener(const address& at, const listen_opti
 // path of next() and serve().
 task<std::optional<accepted>> accept_next(std::shared_ptr<server_state> state,
                                           asio::io_context& into);
+
+// Logs (at error) that `s` dropped a connection it accepted, for `e` (out of memory).
+void log_dropped(const server_state& s, const std::exception& e) noexcept;
 
 // The connection of an accepted socket, on `l` (the loop the socket belongs to).
 std::shared_ptr<connection_impl> make_connection(loop& l, accepted a,

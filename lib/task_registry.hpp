@@ -87,16 +87,23 @@ private:
 template <typename OnExit>
 void spawn_tracked(asio::io_context& context, task_registry& registry, task<> t, OnExit on_exit) {
     auto* entry = registry.add();
-    asio::co_spawn(context, std::move(t),
-                   asio::bind_cancellation_slot(
-                       entry->signal.slot(), [&context, &registry, entry,
-                                              on_exit = std::move(on_exit)](std::exception_ptr e) {
-                           on_exit(e);
-                           // The entry's signal is still referenced by co_spawn's frames while
-                           // this handler runs; free it from a fresh handler.
-                           registry.remove(entry);
-                           asio::post(context, [owned = registry.release(entry)] {});
-                       }));
+    try {
+        asio::co_spawn(
+            context, std::move(t),
+            asio::bind_cancellation_slot(
+                entry->signal.slot(),
+                [&context, &registry, entry, on_exit = std::move(on_exit)](std::exception_ptr e) {
+                    on_exit(e);
+                    // The entry's signal is still referenced by co_spawn's frames while
+                    // this handler runs; free it from a fresh handler.
+                    registry.remove(entry);
+                    asio::post(context, [owned = registry.release(entry)] {});
+                }));
+    } catch (...) {
+        // Out of memory before the task started: it never runs, its frame is gone with `t`.
+        registry.release(entry);
+        throw;
+    }
     if (registry.draining) entry->signal.emit(asio::cancellation_type::terminal);
 }
 

@@ -4,7 +4,10 @@
 #include <cerrno>
 #include <chrono>
 #include <condition_variable>
+#include <future>
 #include <mutex>
+#include <pthread.h>
+#include <sched.h>
 #include <thread>
 
 #include <asio/co_spawn.hpp>
@@ -251,4 +254,59 @@ TEST_CASE(
     }
     CHECK(ended_rounds == rounds);
     CHECK(closed_rounds == rounds);
+}
+
+TEST_CASE("close() from another thread is safe while the task it ends destroys the server",
+          "[server][threads]") {
+    // close() stops the listening at once (shutdown), so the loop's next() ends and the task that
+    // owns the server returns and destroys it, while close() may still be running on this
+    // thread: close() must keep what it uses alive until it returns (ASan: use after free).
+    // To make the loop's thread win that race, both threads share one CPU and this one has used
+    // more of it (a 5 ms busy loop), so the scheduler runs the woken loop thread at once.
+    cpu_set_t before;
+    pthread_getaffinity_np(pthread_self(), sizeof before, &before);
+    cpu_set_t one;
+    CPU_ZERO(&one);
+    CPU_SET(sched_getcpu() < 0 ? 0 : sched_getcpu(), &one);
+    pthread_setaffinity_np(pthread_self(), sizeof one, &one);  // the loop thread inherits it
+    struct restore_affinity {
+        cpu_set_t& mask;
+        ~restore_affinity() { pthread_setaffinity_np(pthread_self(), sizeof mask, &mask); }
+    } restore{before};
+    constexpr int rounds = 50;
+    int ended_cleanly = 0;
+    for (int round = 0; round < rounds; ++round) {
+        netloop::loop l;
+        std::promise<netloop::server*> listening;
+        std::promise<bool> ended;
+        std::thread loop_thread([&] {
+            try {
+                netloop::run(
+                    [&]() -> netloop::task<> {
+                        auto s = netloop::server::listen(address::parse("127.0.0.1:0"), 128, l);
+                        auto conns = s.connections();
+                        listening.set_value(&s);
+                        (void)co_await conns.next();
+                    },
+                    netloop::run_options{.cancel_on_signal = false, .rethrow = true}, l);
+                ended.set_value(true);
+            } catch (...) {
+                ended.set_value(false);
+            }
+        });
+        auto server = listening.get_future();
+        auto finished = ended.get_future();
+        if (server.wait_for(10s) == std::future_status::ready) {
+            auto* s = server.get();
+            auto until = std::chrono::steady_clock::now() + 5ms;
+            while (std::chrono::steady_clock::now() < until) {
+            }
+            s->close();
+        }
+        bool in_time = finished.wait_for(10s) == std::future_status::ready;
+        if (!in_time) l.stop();
+        loop_thread.join();
+        ended_cleanly += in_time && finished.get() ? 1 : 0;
+    }
+    CHECK(ended_cleanly == rounds);
 }

@@ -89,6 +89,8 @@ private:
 /// An exception that escapes `t` is logged through the netloop logger (see `set_logger`) —
 /// `errc::connection_closed` and cancellation at debug, everything else at error — and never
 /// terminates the process. The task is cancelled when the `run()` that drives `l` finishes.
+/// Throws `std::bad_alloc` if memory runs out before the task starts; `t` is then destroyed
+/// unrun (its parameters with it: a connection given to it closes).
 ///
 /// Give the task what it uses as coroutine parameters, never as lambda captures: parameters
 /// are copied into the coroutine's frame, captures stay in the lambda object, which

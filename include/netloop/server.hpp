@@ -53,6 +53,10 @@ public:
     /// errors (ECONNABORTED, and EMFILE, ENFILE, ENOBUFS, ENOMEM with a back-off from 5 ms to
     /// 1 s) are retried without ending the stream. Throws `error` with `errc::accept_failed`
     /// on any other accept failure.
+    ///
+    /// Out of memory for a connection it accepted, `next()` closes that connection, logs it
+    /// (error) and waits for the next one. It throws `std::bad_alloc` only before it took a
+    /// connection (none is lost), and the stream stays usable: call `next()` again.
     [[nodiscard]] task<std::optional<connection>> next();
 
 private:
@@ -222,7 +226,9 @@ public:
     /// cancels the handlers at once ("force now").
     ///
     /// Accept errors such as EMFILE back off and resume by themselves. An exception that
-    /// escapes a handler is logged with the remote address and costs only that connection.
+    /// escapes a handler is logged with the remote address and costs only that connection;
+    /// so does running out of memory (`std::bad_alloc`) anywhere on a connection's path, from
+    /// its accept to its close: it is logged, that connection is closed, and the server goes on.
     /// Throws `error` with `errc::accept_failed` only on an accept failure that cannot pass.
     [[nodiscard]] task<> serve(connection_handler handler, serve_options options = {});
 
