@@ -52,7 +52,16 @@ public:
     /// (which cancels the accept itself: no connection is taken and dropped). Transient accept
     /// errors (ECONNABORTED, and EMFILE, ENFILE, ENOBUFS, ENOMEM with a back-off from 5 ms to
     /// 1 s) are retried without ending the stream. Throws `error` with `errc::accept_failed`
-    /// on any other accept failure.
+    /// on any other accept failure (with TLS or a PROXY header too, to every task then
+    /// waiting).
+    ///
+    /// Any number of tasks may await `next()` on one server, through one stream or several:
+    /// each connection goes to exactly one of them, and waiting costs no CPU. With TLS or a
+    /// PROXY header, connections are accepted while someone waits, prepared side by side (at
+    /// most `listen_options::max_preparing` at once) and handed out in the order they became
+    /// ready; one that becomes ready when nobody waits any more is kept for the next call, and
+    /// closed if the server closes first. Cancelling one waiter ends only its wait; once nobody
+    /// waits, no accept is pending.
     [[nodiscard]] task<std::optional<connection>> next();
 
 private:
@@ -115,6 +124,13 @@ struct listen_options {
     std::vector<network> proxy_from = loopback_networks();
     /// The whole header's bound, from accept: a client that sends it slowly is cut at this.
     duration proxy_header_timeout = std::chrono::seconds(5);
+    /// With TLS or a PROXY header: how many accepted connections may be in preparation (header
+    /// read, handshake) at once, under `next()` and `serve()` together. At the bound the
+    /// listener stops accepting until a preparation ends (succeeds, fails or times out); the
+    /// kernel's backlog holds the newcomers. Bounds what a flood of silent connects holds (an
+    /// fd and a TLS stream's buffers each, for up to `handshake_timeout`) while leaving room for
+    /// a burst of real handshakes. `listen()` throws `errc::invalid_argument` for 0.
+    std::size_t max_preparing = 256;
 };
 
 /// How `serve()` runs connections. An aggregate: `{.max_connections = 1000, .idle_timeout = 30s}`.
