@@ -14,6 +14,10 @@
 #include <sys/socket.h>
 #include <vector>
 
+#include <asio/bind_cancellation_slot.hpp>
+#include <asio/co_spawn.hpp>
+#include <asio/detached.hpp>
+
 #include <netloop/config.hpp>
 #include <netloop/netloop.hpp>
 
@@ -422,4 +426,53 @@ TEST_CASE(
     CHECK(r.rejected == 1);
     CHECK(r.fds_after == r.fds_before + 1);  // the refused client's own socket, here
     CHECK(r.refused_client_reads == "EOF");
+}
+
+TEST_CASE(
+    "cancelling one of the tasks awaiting next() on a PROXY listener ends only its wait; once "
+    "nobody waits, no accept is pending",
+    "[accept][next][cancel]") {
+    auto r = run_bounded([]() -> task<std::vector<std::string>> {
+        std::vector<std::string> out;
+        auto s = listen_kind("proxy");
+        auto conns = s.connections();
+        asio::cancellation_signal cancel;
+        std::optional<std::string> cancelled_got;
+        asio::co_spawn(
+            netloop::loop::shared().context(),
+            [&]() -> task<> {
+                auto c = co_await conns.next();
+                cancelled_got = c ? c->remote_address().to_string() : "nullopt";
+            },
+            asio::bind_cancellation_slot(cancel.slot(), asio::detached));
+        std::optional<std::string> other_got;
+        netloop::spawn([](server& srv, std::optional<std::string>& got) -> task<> {
+            auto stream = srv.connections();
+            auto c = co_await stream.next();
+            got = c ? c->remote_address().to_string() : "nullopt";
+        }(s, other_got));
+        for (int i = 0; i < 10; ++i) co_await netloop::test::yield();
+        cancel.emit(asio::cancellation_type::terminal);
+        auto cancelled_ended = [&] { return cancelled_got.has_value(); };
+        (void)co_await eventually(cancelled_ended, 5s);
+        out.push_back("cancelled: " + cancelled_got.value_or("still waiting"));
+        clients keep;
+        (void)co_await connect_one("proxy", s, 1, keep);
+        auto other_ended = [&] { return other_got.has_value(); };
+        (void)co_await eventually(other_ended, 5s);
+        out.push_back("other: " + other_got.value_or("still waiting"));
+        // Nobody waits now: a client stays in the kernel's queue.
+        (void)co_await connect_one("proxy", s, 2, keep);
+        auto settled = [&] { return accept_queue(s) == 1 || s.stats().accepted > 1; };
+        (void)co_await eventually(settled, 5s);
+        for (int i = 0; i < 20; ++i) co_await netloop::test::yield();
+        out.push_back("accepted " + std::to_string(s.stats().accepted) + ", queued " +
+                      std::to_string(accept_queue(s)));
+        auto late = co_await conns.next();
+        out.push_back("next: " + (late ? late->remote_address().to_string() : "nullopt"));
+        s.close();
+        co_return out;
+    });
+    CHECK(r == std::vector<std::string>{"cancelled: nullopt", "other: 192.0.2.1:1",
+                                        "accepted 1, queued 1", "next: 192.0.2.1:2"});
 }
