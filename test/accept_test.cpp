@@ -476,3 +476,51 @@ TEST_CASE(
     CHECK(r == std::vector<std::string>{"cancelled: nullopt", "other: 192.0.2.1:1",
                                         "accepted 1, queued 1", "next: 192.0.2.1:2"});
 }
+
+TEST_CASE(
+    "a connection prepared after the last waiter left is kept for the next next(), and closed "
+    "when the server closes",
+    "[accept][next]") {
+    auto r = run_bounded([]() -> task<std::vector<std::string>> {
+        std::vector<std::string> out;
+        auto s = listen_kind("proxy");
+        auto conns = s.connections();
+        std::size_t header_bytes = 0;
+        std::vector<asio::ip::tcp::socket> clients;
+        for (std::uint16_t port = 1; port <= 2; ++port) {
+            // A waiter, a client accepted for it (silent), then the waiter leaves.
+            asio::cancellation_signal cancel;
+            bool ended = false;
+            asio::co_spawn(
+                netloop::loop::shared().context(),
+                [&]() -> task<> {
+                    auto c = co_await conns.next();
+                    ended = true;
+                },
+                asio::bind_cancellation_slot(cancel.slot(), asio::detached));
+            clients.push_back(co_await netloop::test::raw_connect(s.local_address(), 5s));
+            auto accepted = [&] { return s.stats().accepted == port; };
+            (void)co_await eventually(accepted, 5s);
+            cancel.emit(asio::cancellation_type::terminal);
+            auto left = [&] { return ended; };
+            (void)co_await eventually(left, 5s);
+            // Its header comes now, with nobody waiting.
+            auto header = v1("192.0.2.1", port);
+            header_bytes += header.size();
+            (void)co_await netloop::test::raw_write(clients.back(), header, 5s);
+            auto read = [&] { return s.stats().bytes_read == header_bytes; };
+            (void)co_await eventually(read, 5s);
+            if (port == 1) {
+                auto kept = co_await conns.next();
+                out.push_back(kept ? kept->remote_address().to_string() : "nullopt");
+            }
+        }
+        // The second is left unclaimed: close() closes it.
+        s.close();
+        bytes rest;
+        auto ec = co_await netloop::test::raw_read_to_end(clients.back(), rest, 5s);
+        out.push_back(ec == asio::error::eof && rest.empty() ? "closed" : ec.message());
+        co_return out;
+    });
+    CHECK(r == std::vector<std::string>{"192.0.2.1:1", "closed"});
+}
