@@ -76,7 +76,7 @@ inline constexpr std::size_t unlimited = std::numeric_limits<std::size_t>::max()
 /// What `serve()` does with a connection over `max_connections`.
 enum class limit_policy {
     pause,   ///< stop accepting until a slot frees; the kernel's backlog holds the rest
-    reject,  ///< accept and close at once, counted in `stats().rejected`
+    reject,  ///< accept and close at once (no linger), counted in `stats().rejected`
 };
 
 /// How a multi-core `serve()` (`threads > 1`) spreads connections over its loops.
@@ -231,6 +231,11 @@ public:
     /// connect is refused), lets handlers finish for up to `drain_timeout`, cancels the rest,
     /// and returns when every handler has ended. A second cancellation during the drain
     /// cancels the handlers at once ("force now").
+    ///
+    /// With TLS or a PROXY header, each connection is prepared (header, handshake) before its
+    /// handler runs, at most `listen_options::max_preparing` at once (accepting pauses at the
+    /// bound). A connection refused by `max_connections` (with `limit_policy::reject`) or
+    /// `max_connections_per_ip` is closed at once, with no lingering close: nothing was read.
     ///
     /// Accept errors such as EMFILE back off and resume by themselves. An exception that
     /// escapes a handler is logged with the remote address and costs only that connection.
