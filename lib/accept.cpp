@@ -1,11 +1,15 @@
 // SPDX-License-Identifier: MIT
-// The one accept path: accept with back-off, make the connection, its preparation (PROXY
-// header, TLS handshake) side by side; next().
+// The one accept path: accept with back-off, make the connection; next(), and under it the
+// accept pump that prepares (PROXY header, TLS handshake) side by side, at most max_preparing.
 #include <cerrno>
 #include <deque>
+#include <exception>
+#include <list>
 #include <new>
 
-#include <asio/experimental/awaitable_operators.hpp>
+#include <asio/bind_cancellation_slot.hpp>
+#include <asio/cancellation_signal.hpp>
+#include <asio/co_spawn.hpp>
 
 #include <netloop/error.hpp>
 #include <netloop/server.hpp>
@@ -136,65 +140,160 @@ task<bool> handshake_or_count(std::shared_ptr<connection_impl> c,
     }
 }
 
-// Connections that need preparing (a PROXY header, a TLS handshake) are prepared side by side,
-// each in a task of its own; next() hands out the ones that are ready, in the order they were.
-struct handshake_queue {
-    explicit handshake_queue(asio::io_context& c) : wake(c) {}
+// Under next(), a listener whose connections need preparing (a PROXY header, a TLS handshake)
+// has one accept pump: while some task waits in next() and fewer than max_preparing are in
+// preparation, it accepts, and starts each connection's preparation in a task of its own. The
+// prepared ones queue up in `ready`; each waiter waits on its own timer and takes from the queue
+// (one shared timer, re-armed by every waiter, would cancel the others' waits, forever).
+struct preparer {
+    explicit preparer(asio::io_context& c) : resume(c) {}
+
+    struct waiter {
+        explicit waiter(asio::io_context& c) : timer(c, never) {}
+        asio::steady_timer timer;
+        bool woken = false;          // taken off `waiting` and its timer cancelled
+        std::exception_ptr failure;  // the accept failure it is to throw
+    };
+
     std::deque<connection> ready;
-    asio::steady_timer wake;  // cancelled when a connection is ready
+    std::list<waiter*> waiting;  // not yet woken, first come first
+    bool pumping = false;        // the pump task runs
+    // The pump's cancellation: emitted when nobody waits any more, so no accept stays pending.
+    asio::cancellation_signal stop;
+    asio::steady_timer resume;  // the pump waits here at max_preparing
+
+    // Wakes the first waiter: a connection is ready for it (or the server closed).
+    void wake_one() noexcept {
+        if (waiting.empty()) return;
+        wake(*waiting.front());
+        waiting.pop_front();
+        if (waiting.empty()) stop_pump();
+    }
+
+    static void wake(waiter& w) noexcept {
+        w.woken = true;
+        w.timer.cancel();
+    }
+
+    void stop_pump() noexcept {
+        if (pumping) stop.emit(asio::cancellation_type::terminal);
+    }
 };
+
+void close_prepared(server_state& state) noexcept {
+    if (!state.prepared) return;
+    auto& p = *state.prepared;
+    for (auto* w : p.waiting) preparer::wake(*w);
+    p.waiting.clear();
+    p.stop_pump();
+    p.resume.cancel();
+    // Closed outside the deque: a closing connection must not find it half torn down.
+    auto unclaimed = std::move(p.ready);
+    p.ready.clear();
+}
 
 namespace {
 
-task<> prepare_into(std::shared_ptr<server_state> state, std::shared_ptr<connection_impl> impl) {
+task<> prepare_into(std::shared_ptr<server_state> state, std::shared_ptr<connection_impl> impl,
+                    preparing_slot slot) {
     auto conn = connection_access::make(impl);
     auto tls = state->tls.load();  // once per handshake: server::set_tls may replace it
-    if (!co_await prepare_or_count(impl, state->proxy, tls, state->handshake_timeout,
-                                   *state->counters)) {
-        co_return;
-    }
-    auto& queue = *state->handshakes;
-    queue.ready.push_back(std::move(conn));
-    queue.wake.cancel();
+    bool ok = co_await prepare_or_count(impl, state->proxy, tls, state->handshake_timeout,
+                                        *state->counters);
+    slot.release();
+    if (!ok || state->closed) co_return;  // conn closes
+    auto& p = *state->prepared;
+    p.ready.push_back(std::move(conn));
+    p.wake_one();
 }
 
-// One accept; the connection's preparation starts in a task of its own. False once the stream
-// ended (closed, or this branch was cancelled). Out of memory, the connection (if one was taken)
-// is dropped and true returned: an exception here would leave next_prepared() waiting for the
-// other branch, its wake timer, forever.
-task<bool> accept_and_prepare(std::shared_ptr<server_state> state) {
+// The accept pump of a TLS or PROXY listener under next() (see preparer). Runs until nobody
+// waits, the server closes, or accept fails for good: then every waiter throws the failure.
+task<> pump(std::shared_ptr<server_state> state) {
+    auto p = state->prepared;
+    co_await asio::this_coro::throw_if_cancelled(false);
     try {
-        auto a = co_await accept_next(state, state->owner.context());
-        if (!a) co_return false;
-        auto impl = make_connection(state->owner, std::move(*a), state->counters);
-        spawn(prepare_into(state, std::move(impl)), state->owner);
-    } catch (const std::bad_alloc& e) {
-        log_dropped(*state, e);
+        for (;;) {
+            // A stop that came while a waiter arrived is spent: start afresh.
+            co_await asio::this_coro::reset_cancellation_state();
+            if (state->closed || p->waiting.empty()) break;
+            if (at_preparing_bound(*state)) {
+                listed_timer on_prepared(state->wake_on_prepared, p->resume);
+                p->resume.expires_at(never);
+                auto [ec] = co_await p->resume.async_wait(use_tuple);
+                (void)ec;
+                continue;
+            }
+            auto a = co_await accept_next(state, state->owner.context());
+            if (!a) continue;  // stopped or closed: look again
+            try {
+                preparing_slot slot(state);
+                auto impl = make_connection(state->owner, std::move(*a), state->counters);
+                spawn(prepare_into(state, std::move(impl), std::move(slot)), state->owner);
+            } catch (const std::bad_alloc& e) {
+                log_dropped(*state, e);  // the socket closed with `a`; accept the next one
+            }
+        }
+    } catch (...) {
+        auto failure = std::current_exception();
+        for (auto* w : p->waiting) {
+            w->failure = failure;
+            preparer::wake(*w);
+        }
+        p->waiting.clear();
     }
-    co_return true;
+    p->pumping = false;
 }
 
 task<std::optional<connection>> next_prepared(std::shared_ptr<server_state> state) {
-    if (!state->handshakes)
-        state->handshakes = std::make_shared<handshake_queue>(state->owner.context());
-    auto queue = state->handshakes;
+    if (!state->prepared) state->prepared = std::make_shared<preparer>(state->owner.context());
+    auto p = state->prepared;
+    auto take = [&p]() {
+        auto conn = std::move(p->ready.front());
+        p->ready.pop_front();
+        return conn;
+    };
+    if (!p->ready.empty()) co_return take();
+    if (state->closed) co_return std::nullopt;
+    preparer::waiter w(state->owner.context());
     for (;;) {
-        if (!queue->ready.empty()) {
-            auto conn = std::move(queue->ready.front());
-            queue->ready.pop_front();
+        w.woken = false;
+        auto entry = p->waiting.insert(p->waiting.end(), &w);
+        if (!p->pumping) {
+            // The pump starts at once (co_spawn dispatches), and looks for a waiter first.
+            try {
+                p->pumping = true;
+                asio::co_spawn(
+                    state->owner.context(), pump(state),
+                    asio::bind_cancellation_slot(p->stop.slot(), [](std::exception_ptr) {}));
+            } catch (...) {
+                p->pumping = false;
+                if (!w.woken) p->waiting.erase(entry);
+                throw;
+            }
+        }
+        if (!w.woken) {
+            w.timer.expires_at(never);
+            auto [ec] = co_await w.timer.async_wait(use_tuple);
+            (void)ec;
+        }
+        if (!w.woken) {
+            p->waiting.erase(entry);
+            if (p->waiting.empty()) p->stop_pump();
+        }
+        auto cs = co_await asio::this_coro::cancellation_state;
+        if (cs.cancelled() != asio::cancellation_type::none) {
+            // Woken for a connection as well? It stays queued: pass it to the next waiter.
+            if (w.woken && !p->ready.empty()) p->wake_one();
+            co_return std::nullopt;
+        }
+        if (w.failure) std::rethrow_exception(w.failure);
+        if (!p->ready.empty()) {
+            auto conn = take();
+            if (!p->ready.empty()) p->wake_one();
             co_return std::move(conn);
         }
         if (state->closed) co_return std::nullopt;
-        queue->wake.expires_at(never);
-        using namespace asio::experimental::awaitable_operators;
-        // Both branches are non-throwing but for a fatal accept error, and the accept branch
-        // acts before it completes: whichever wins, no accepted connection is lost.
-        auto first = co_await (accept_and_prepare(state) || queue->wake.async_wait(use_tuple));
-        auto cs = co_await asio::this_coro::cancellation_state;
-        if (cs.cancelled() != asio::cancellation_type::none) co_return std::nullopt;
-        if (first.index() == 0 && !std::get<0>(first) && queue->ready.empty()) {
-            co_return std::nullopt;
-        }
     }
 }
 
@@ -206,7 +305,7 @@ connection_stream::connection_stream(std::shared_ptr<detail::server_state> state
 
 task<std::optional<connection>> connection_stream::next() {
     auto state = state_;  // the frame keeps the server state alive
-    if (state->tls || state->proxy.mode != proxy_protocol::off) {
+    if (state->needs_preparing()) {
         co_return co_await detail::next_prepared(state);
     }
     for (;;) {

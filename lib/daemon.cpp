@@ -107,6 +107,9 @@ std::vector<server> listen_activated(const listen_options& options, loop& l) {
     for (int fd = first_fd; fd < first_fd + *fds; ++fd) {
         if (auto why = why_not_listening_stream(fd); !why.empty()) bad_activation(why);
     }
+    if (options.max_preparing == 0) {
+        throw error(errc::invalid_argument, "listen_activated (max_preparing 0)");
+    }
     auto tls = detail::server_tls(options.tls, address());
     std::vector<server> servers;
     for (int fd = first_fd; fd < first_fd + *fds; ++fd) {
@@ -123,6 +126,7 @@ std::vector<server> listen_activated(const listen_options& options, loop& l) {
         state->tls = tls;
         state->handshake_timeout = options.handshake_timeout;
         state->proxy = {options.proxy_protocol, options.proxy_from, options.proxy_header_timeout};
+        state->max_preparing = options.max_preparing;
         detail::log(spdlog::level::debug, "adopted fd {} ({}) from LISTEN_FDS", fd,
                     state->local.to_string());
         servers.push_back(detail::server_access::make(std::move(state)));

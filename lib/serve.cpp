@@ -167,11 +167,12 @@ void log_rejected(const address& remote, admission::verdict verdict) {
                                       : "max_connections reached");
 }
 
-// A connection's task: its preparation (PROXY header, TLS handshake), then — behind a PROXY
-// header, once the client's address is known — its per-IP admission, then the handler. `ip` is
-// the address already counted per IP (none when the header is still to tell it).
+// A connection's task: its preparation (PROXY header, TLS handshake; `slot` holds its place in
+// the listener's max_preparing until then), then — behind a PROXY header, once the client's
+// address is known — its per-IP admission, then the handler. `ip` is the address already
+// counted per IP (none when the header is still to tell it).
 task<> run_handler(std::shared_ptr<loop_share> s, connection conn,
-                   std::optional<asio::ip::address> ip) {
+                   std::optional<asio::ip::address> ip, preparing_slot slot) {
     auto& impl = connection_access::impl(conn);
     std::optional<std::list<std::shared_ptr<connection_impl>>::iterator> entry;
     try {
@@ -181,6 +182,7 @@ task<> run_handler(std::shared_ptr<loop_share> s, connection conn,
         bool ready = (!tls && common.proxy.mode == proxy_protocol::off) ||
                      co_await prepare_or_count(impl.shared_from_this(), common.proxy, tls,
                                                common.handshake_timeout, *s->counters);
+        slot.release();
         if (ready && !ip) {
             auto client = impl.remote.endpoint().address();
             if (s->common->limits.try_admit_ip(client, common.options) == admission::admitted) {
@@ -188,6 +190,7 @@ task<> run_handler(std::shared_ptr<loop_share> s, connection conn,
             } else {
                 server_counters::add(s->counters->rejected, 1);
                 log_rejected(impl.remote, admission::over_ip);
+                impl.cut();  // nothing of the client's was read: no linger
                 ready = false;
             }
         }
@@ -212,7 +215,7 @@ task<> run_handler(std::shared_ptr<loop_share> s, connection conn,
 // On `s`'s loop: wraps an accepted socket, and starts its handler or turns it away. Behind a
 // PROXY header the per-IP limit waits for the header (run_handler); the total counts at once.
 // Out of memory, the connection is dropped (closed) and logged; the server goes on.
-void deliver(const std::shared_ptr<loop_share>& s, accepted a,
+void deliver(const std::shared_ptr<loop_share>& s, accepted a, preparing_slot slot,
              const server_state& listener) noexcept {
     std::optional<asio::ip::address> ip;
     bool admitted = false;
@@ -225,7 +228,10 @@ void deliver(const std::shared_ptr<loop_share>& s, accepted a,
         if (verdict != admission::admitted) {
             server_counters::add(s->counters->rejected, 1);
             log_rejected(impl->remote, verdict);
-            return;  // conn closes gracefully: the client reads EOF
+            // Closed at once, no linger: nothing was read or written, so there is nothing to
+            // protect, and the fd is not held through a connect flood. The client reads EOF.
+            impl->cut();
+            return;
         }
         admitted = true;
         impl->linger_timeout = options.linger_timeout;
@@ -234,7 +240,8 @@ void deliver(const std::shared_ptr<loop_share>& s, accepted a,
         ++s->running;
         // The exit handler holds the share: the registry it unlinks from lives there. Out of
         // memory, spawn_tracked throws before the handler started.
-        spawn_tracked(s->owner.context(), s->handlers, run_handler(s, std::move(conn), ip),
+        spawn_tracked(s->owner.context(), s->handlers,
+                      run_handler(s, std::move(conn), ip, std::move(slot)),
                       [s](std::exception_ptr) {});
     } catch (const std::exception& e) {
         if (admitted) {
@@ -250,16 +257,20 @@ void deliver(const std::shared_ptr<loop_share>& s, accepted a,
 task<> accept_loop(std::shared_ptr<loop_share> self, std::shared_ptr<server_state> listener,
                    std::vector<std::shared_ptr<loop_share>> targets) {
     auto& options = self->common->options;
+    // The preparations count against this listener's max_preparing, wherever they run.
+    const bool prepares = self->common->tls || self->common->proxy.mode != proxy_protocol::off;
     std::size_t next = 0;
     for (;;) {
         bool cancelled = false;
-        while (options.on_limit == limit_policy::pause &&
-               self->common->limits.running() >= options.max_connections && !listener->closed) {
+        while (((options.on_limit == limit_policy::pause &&
+                 self->common->limits.running() >= options.max_connections) ||
+                (prepares && at_preparing_bound(*listener))) &&
+               !listener->closed) {
             auto state = co_await asio::this_coro::cancellation_state;
             cancel_forwarder on_cancel(state.slot(), *self);
-            auto entry = listener->wake_on_close.insert(listener->wake_on_close.end(), &self->wake);
+            listed_timer on_close(listener->wake_on_close, self->wake);
+            listed_timer on_prepared(listener->wake_on_prepared, self->wake);
             co_await wait_for_wake(*self, clock::time_point::max(), &on_cancel);
-            listener->wake_on_close.erase(entry);
             cancelled = on_cancel.fired;
             if (cancelled) break;
         }
@@ -287,14 +298,16 @@ task<> accept_loop(std::shared_ptr<loop_share> self, std::shared_ptr<server_stat
             continue;
         }
         if (!a) break;
+        auto slot = prepares ? preparing_slot(listener) : preparing_slot();
         if (target == self) {
-            deliver(self, std::move(*a), *listener);
+            deliver(self, std::move(*a), std::move(slot), *listener);
             continue;
         }
         try {
-            target->owner.post([target, listener, a = std::move(*a)]() mutable {
-                deliver(target, std::move(a), *listener);
-            });
+            target->owner.post(
+                [target, listener, a = std::move(*a), slot = std::move(slot)]() mutable {
+                    deliver(target, std::move(a), std::move(slot), *listener);
+                });
         } catch (const std::bad_alloc& e) {
             log_dropped(*listener, e);  // the socket closed with the handler that was not posted
         }
@@ -407,7 +420,8 @@ task<> server::serve(connection_handler handler, serve_options options) {
                 w->listener = open_listener(listener->local,
                                             {.backlog = listener->backlog,
                                              .reuse_port = true,
-                                             .v6_only = listener->v6_only},
+                                             .v6_only = listener->v6_only,
+                                             .max_preparing = listener->max_preparing},
                                             w->l);
                 w->listener->counters = w->share->counters;
                 listener->link(w->listener);

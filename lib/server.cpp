@@ -79,6 +79,9 @@ std::shared_ptr<server_state> open_listener(const address& at, const listen_opti
     if (at.is_unix() && options.reuse_port) {
         throw error(errc::invalid_argument, "listen " + at.to_string() + " (reuse_port is TCP's)");
     }
+    if (options.max_preparing == 0) {
+        throw error(errc::invalid_argument, "listen " + at.to_string() + " (max_preparing 0)");
+    }
     auto tls = server_tls(options.tls, at);
     auto endpoint = generic_endpoint(at);
     stream_acceptor acceptor(l.context());
@@ -120,6 +123,7 @@ std::shared_ptr<server_state> open_listener(const address& at, const listen_opti
     state->tls = std::move(tls);
     state->handshake_timeout = options.handshake_timeout;
     state->proxy = {options.proxy_protocol, options.proxy_from, options.proxy_header_timeout};
+    state->max_preparing = options.max_preparing;
     if (file) state->own_socket_file(at.path());
     return state;
 }
@@ -179,6 +183,24 @@ void server_state::close() noexcept {
     }
 }
 
+void server_state::end_preparing() noexcept {
+    preparing.fetch_sub(1, std::memory_order_relaxed);
+    auto wake = [](server_state& s) noexcept {
+        for (auto* timer : s.wake_on_prepared) timer->cancel();
+    };
+    if (owner.executor().running_in_this_thread()) {
+        wake(*this);
+        return;
+    }
+    // A hand_off serve() prepares on other loops: the waiters belong to this one.
+    if (loop_access::if_not_running(owner, [&] { wake(*this); })) return;
+    try {
+        asio::post(owner.context(), [self = shared_from_this(), wake] { wake(*self); });
+    } catch (...) {
+        // No memory to post: a paused accept resumes at the next preparation that ends.
+    }
+}
+
 void server_state::link(std::shared_ptr<server_state> other) {
     std::lock_guard lock(linked_mutex_);
     linked_.push_back(std::move(other));
@@ -203,6 +225,7 @@ void server_state::close_here() noexcept {
     asio::error_code ignored;
     acceptor.close(ignored);
     for (auto* timer : wake_on_close) timer->cancel();
+    close_prepared(*this);
     log(spdlog::level::debug, "server {} closed", local.to_string());
 }
 

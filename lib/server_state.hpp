@@ -23,7 +23,7 @@
 
 namespace netloop::detail {
 
-struct handshake_queue;
+struct preparer;
 
 // A listener's PROXY protocol settings (listen_options::proxy_protocol and friends).
 struct proxy_settings {
@@ -55,14 +55,29 @@ struct server_state : std::enable_shared_from_this<server_state> {
     duration handshake_timeout = std::chrono::seconds(10);
     proxy_settings proxy;  // a PROXY header before anything else
     std::shared_ptr<server_counters> counters = std::make_shared<server_counters>();
-    // PROXY header or TLS under next(): the connections prepared, waiting for next().
-    std::shared_ptr<handshake_queue> handshakes;
+    // listen_options::max_preparing, and the connections accepted whose preparation (PROXY
+    // header, TLS handshake) is under way, under next() and serve() alike. Changed by the
+    // listener's loop and, for a hand_off serve(), by the loops its connections went to.
+    std::size_t max_preparing = 256;
+    std::atomic<std::size_t> preparing{0};
+    // PROXY header or TLS under next(): the accept pump, the prepared connections, the waiters.
+    std::shared_ptr<preparer> prepared;
 
     // Accept back-off after EMFILE and friends: the current delay (zero when healthy).
     std::chrono::milliseconds backoff{0};
     // Timers that tasks wait on for this server (a next() backing off, a serve() paused at
     // its limit): close() cancels them, so the waiters see the close at once.
     std::list<asio::steady_timer*> wake_on_close;
+    // Timers of tasks paused at max_preparing (next()'s pump, a serve() accept loop): cancelled,
+    // on this loop, whenever a preparation ends.
+    std::list<asio::steady_timer*> wake_on_prepared;
+
+    // A PROXY header or a TLS handshake comes before a connection is handed over.
+    [[nodiscard]] bool needs_preparing() const noexcept {
+        return tls || proxy.mode != proxy_protocol::off;
+    }
+    // A preparation of this listener's ended: wakes the tasks paused at the bound. Any thread.
+    void end_preparing() noexcept;
 
     // Closes on the calling thread if it runs the loop. From any other thread it stops the
     // listening at once (shutdown(SHUT_RD): new connects are refused, a pending accept wakes)
@@ -89,6 +104,59 @@ private:
     std::vector<std::shared_ptr<server_state>> linked_;
     std::vector<std::shared_ptr<server_counters>> extra_counters_;
 };
+
+// One connection's place in its listener's max_preparing, taken at accept (the count goes up
+// at once) and given back when its preparation ends, however it ends. Move-only.
+class preparing_slot {
+public:
+    preparing_slot() noexcept = default;
+    explicit preparing_slot(std::shared_ptr<server_state> listener) noexcept
+        : listener_(std::move(listener)) {
+        if (listener_) listener_->preparing.fetch_add(1, std::memory_order_relaxed);
+    }
+    preparing_slot(preparing_slot&& other) noexcept = default;
+    preparing_slot& operator=(preparing_slot&& other) noexcept {
+        if (this != &other) {
+            release();
+            listener_ = std::move(other.listener_);
+        }
+        return *this;
+    }
+    preparing_slot(const preparing_slot&) = delete;
+    preparing_slot& operator=(const preparing_slot&) = delete;
+    ~preparing_slot() { release(); }
+
+    void release() noexcept {
+        if (auto l = std::move(listener_)) l->end_preparing();
+    }
+
+private:
+    std::shared_ptr<server_state> listener_;
+};
+
+// Keeps `timer` in one of a server's wake lists while alive (the frame that waits on it may be
+// destroyed without resuming, when its loop goes away).
+class listed_timer {
+public:
+    listed_timer(std::list<asio::steady_timer*>& list, asio::steady_timer& timer)
+        : list_(list), entry_(list.insert(list.end(), &timer)) {}
+    ~listed_timer() { list_.erase(entry_); }
+    listed_timer(const listed_timer&) = delete;
+    listed_timer& operator=(const listed_timer&) = delete;
+
+private:
+    std::list<asio::steady_timer*>& list_;
+    std::list<asio::steady_timer*>::iterator entry_;
+};
+
+// True while `state`'s preparations are at its max_preparing: accepting pauses.
+[[nodiscard]] inline bool at_preparing_bound(const server_state& state) noexcept {
+    return state.preparing.load(std::memory_order_relaxed) >= state.max_preparing;
+}
+
+// accept.cpp: at close(), on the loop: wakes every next() waiting on a TLS or PROXY listener
+// (they yield nullopt), stops the accept pump, and closes the prepared connections nobody took.
+void close_prepared(server_state& state) noexcept;
 
 struct server_access {
     static server make(std::shared_ptr<server_state> state) { return server(std::move(state)); }

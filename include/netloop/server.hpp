@@ -52,7 +52,16 @@ public:
     /// (which cancels the accept itself: no connection is taken and dropped). Transient accept
     /// errors (ECONNABORTED, and EMFILE, ENFILE, ENOBUFS, ENOMEM with a back-off from 5 ms to
     /// 1 s) are retried without ending the stream. Throws `error` with `errc::accept_failed`
-    /// on any other accept failure.
+    /// on any other accept failure (with TLS or a PROXY header too, to every task then
+    /// waiting).
+    ///
+    /// Any number of tasks may await `next()` on one server, through one stream or several:
+    /// each connection goes to exactly one of them, and waiting costs no CPU. With TLS or a
+    /// PROXY header, connections are accepted while someone waits, prepared side by side (at
+    /// most `listen_options::max_preparing` at once) and handed out in the order they became
+    /// ready; one that becomes ready when nobody waits any more is kept for the next call, and
+    /// closed if the server closes first. Cancelling one waiter ends only its wait; once nobody
+    /// waits, no accept is pending.
     ///
     /// Out of memory for a connection it accepted, `next()` closes that connection, logs it
     /// (error) and waits for the next one. It throws `std::bad_alloc` only before it took a
@@ -71,7 +80,7 @@ inline constexpr std::size_t unlimited = std::numeric_limits<std::size_t>::max()
 /// What `serve()` does with a connection over `max_connections`.
 enum class limit_policy {
     pause,   ///< stop accepting until a slot frees; the kernel's backlog holds the rest
-    reject,  ///< accept and close at once, counted in `stats().rejected`
+    reject,  ///< accept and close at once (no linger), counted in `stats().rejected`
 };
 
 /// How a multi-core `serve()` (`threads > 1`) spreads connections over its loops.
@@ -119,6 +128,13 @@ struct listen_options {
     std::vector<network> proxy_from = loopback_networks();
     /// The whole header's bound, from accept: a client that sends it slowly is cut at this.
     duration proxy_header_timeout = std::chrono::seconds(5);
+    /// With TLS or a PROXY header: how many accepted connections may be in preparation (header
+    /// read, handshake) at once, under `next()` and `serve()` together. At the bound the
+    /// listener stops accepting until a preparation ends (succeeds, fails or times out); the
+    /// kernel's backlog holds the newcomers. Bounds what a flood of silent connects holds (an
+    /// fd and a TLS stream's buffers each, for up to `handshake_timeout`) while leaving room for
+    /// a burst of real handshakes. `listen()` throws `errc::invalid_argument` for 0.
+    std::size_t max_preparing = 256;
 };
 
 /// How `serve()` runs connections. An aggregate: `{.max_connections = 1000, .idle_timeout = 30s}`.
@@ -224,6 +240,11 @@ public:
     /// connect is refused), lets handlers finish for up to `drain_timeout`, cancels the rest,
     /// and returns when every handler has ended. A second cancellation during the drain
     /// cancels the handlers at once ("force now").
+    ///
+    /// With TLS or a PROXY header, each connection is prepared (header, handshake) before its
+    /// handler runs, at most `listen_options::max_preparing` at once (accepting pauses at the
+    /// bound). A connection refused by `max_connections` (with `limit_policy::reject`) or
+    /// `max_connections_per_ip` is closed at once, with no lingering close: nothing was read.
     ///
     /// Accept errors such as EMFILE back off and resume by themselves. An exception that
     /// escapes a handler is logged with the remote address and costs only that connection;
