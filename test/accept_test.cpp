@@ -524,3 +524,42 @@ TEST_CASE(
     });
     CHECK(r == std::vector<std::string>{"192.0.2.1:1", "closed"});
 }
+
+TEST_CASE(
+    "serve() throws accept_failed on an accept failure that cannot pass, after draining what it "
+    "serves, on a plain, TLS or PROXY listener",
+    "[accept][serve]") {
+#if NETLOOP_HAS_TLS
+    const auto kind = GENERATE(as<std::string>{}, "plain", "proxy", "tls");
+#else
+    const auto kind = GENERATE(as<std::string>{}, "plain", "proxy");
+#endif
+    CAPTURE(kind);
+    struct outcome {
+        bool done = false;
+        errc kind{};
+        int sys = 0;
+    };
+    auto r = run_bounded([&]() -> task<outcome> {
+        auto s = listen_kind(kind);
+        auto out = std::make_shared<outcome>();
+        netloop::spawn([](server& srv, std::shared_ptr<outcome> o) -> task<> {
+            try {
+                co_await srv.serve([](netloop::connection) -> task<> { co_return; });
+            } catch (const netloop::error& e) {
+                o->kind = e.kind();
+                o->sys = e.sys_errno();
+            }
+            o->done = true;
+        }(s, out));
+        for (int i = 0; i < 10; ++i) co_await netloop::test::yield();
+        // Out of LISTEN: the pending accept fails with EINVAL, which retrying cannot cure.
+        ::shutdown(s.native_handle(), SHUT_RD);
+        (void)co_await eventually([&] { return out->done; }, 10s);
+        s.close();
+        co_return *out;
+    });
+    CHECK(r.done);
+    CHECK(r.kind == errc::accept_failed);
+    CHECK(r.sys == EINVAL);
+}

@@ -364,3 +364,41 @@ TEST_CASE(
     CHECK(r.failures_meanwhile == 0);
     CHECK(r.accepted == 1);
 }
+
+TEST_CASE(
+    "connect(\"localhost:port\") over TLS ends with timeout when the server accepts and never "
+    "answers the handshake: the timeout bounds the lookup, the connects and the handshake together",
+    "[tls][connect]") {
+    struct result {
+        failure f;
+        bool accepted = false;
+        std::chrono::steady_clock::duration took{};
+    };
+    auto r = run_bounded([&]() -> task<result> {
+        result r;
+        // A plain listener: it takes the connection and never says a word of TLS.
+        auto s = netloop::server::listen(address::parse("127.0.0.1:0"));
+        std::optional<netloop::connection> held;
+        netloop::spawn([](netloop::server& srv, std::optional<netloop::connection>& out,
+                          bool& seen) -> task<> {
+            auto conns = srv.connections();
+            auto c = co_await conns.next();
+            if (c) out.emplace(std::move(*c));
+            seen = true;
+        }(s, held, r.accepted));
+        auto target = "localhost:" + std::to_string(s.local_port());
+        auto started = std::chrono::steady_clock::now();
+        r.f = co_await failure_of(netloop::connect(target, test_client_tls(), 300ms));
+        r.took = std::chrono::steady_clock::now() - started;
+        s.close();
+        (void)co_await netloop::test::eventually([&] { return r.accepted; }, 5s);
+        co_return r;
+    });
+    CAPTURE(r.f.what);
+    CAPTURE(std::chrono::duration_cast<std::chrono::milliseconds>(r.took).count());
+    CHECK(r.accepted);  // the TCP connect succeeded: only the handshake was left to bound
+    CHECK(r.f.kind == errc::timeout);
+    // Nothing else ends this call (the server holds the connection open for the whole test,
+    // whose watchdog is 30 s): a bound far from that, and above the 300 ms timeout.
+    CHECK(r.took < 5s);
+}
