@@ -64,20 +64,42 @@ connection& connection::operator=(connection&& other) noexcept {
 
 connection::~connection() { close(); }
 
-task<std::size_t> connection::read(std::span<std::byte> buf, duration timeout) {
-    auto& c = *impl_;
+namespace detail {
+namespace {
+
+// read(span) and read_some(span): one coroutine, called by both without a frame of their own.
+// `eof_is_zero`: the peer's orderly EOF returns 0 instead of throwing.
+task<std::size_t> read_into(connection_impl& c, std::span<std::byte> buf, duration timeout,
+                            bool eof_is_zero) {
     if (buf.empty()) throw error(errc::invalid_argument, c.describe("read") + " (empty buffer)");
     c.settle();
     if (c.read_end != c.read_begin) co_return c.take_buffered(buf);
     if (c.closed) throw error(errc::connection_closed, c.describe("read"));
     if (c.drain_ends_read()) throw c.drained_error("read");
     auto slot = (co_await asio::this_coro::cancellation_state).slot();
-    detail::operation op(c, c.reader, timeout, slot);
+    operation op(c, c.reader, timeout, slot);
     auto [ec, n] =
         co_await c.stream.async_read_some(asio::buffer(buf.data(), buf.size()), op.token());
-    if (ec) throw c.failure("read", ec, c.reader);
+    if (ec) {
+        if (eof_is_zero && ec == asio::error::eof) {
+            c.peer_closed = true;  // as failure() records it: a close needs no linger
+            co_return 0;
+        }
+        throw c.failure("read", ec, c.reader);
+    }
     c.count_read(n);
     co_return n;
+}
+
+}  // namespace
+}  // namespace detail
+
+task<std::size_t> connection::read(std::span<std::byte> buf, duration timeout) {
+    return detail::read_into(*impl_, buf, timeout, false);
+}
+
+task<std::size_t> connection::read_some(std::span<std::byte> buf, duration timeout) {
+    return detail::read_into(*impl_, buf, timeout, true);
 }
 
 task<std::vector<std::byte>> connection::read(std::size_t max_bytes, duration timeout) {

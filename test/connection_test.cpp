@@ -154,6 +154,36 @@ TEST_CASE("a peer that closes gives connection_closed; one that resets gives con
     CHECK(other_ok);
 }
 
+TEST_CASE("read_some() returns the bytes, then 0 at the peer's orderly EOF; a reset still throws",
+          "[connection]") {
+    auto transport = NETLOOP_TRANSPORTS;
+    CAPTURE(transport);
+    auto [got, at_eof, reset] =
+        run_bounded([&]() -> task<std::tuple<std::string, std::size_t, errc>> {
+            auto s = listen_on(transport);
+            auto conns = s.connections();
+            auto [a, a_client] = co_await connect_and_accept(transport, s, conns);
+            auto [b, b_client] = co_await connect_and_accept(transport, s, conns);
+
+            co_await a_client.write(std::string_view("last words"), 5s);
+            a_client.close();
+            std::array<std::byte, 64> buf;
+            std::string got;
+            std::size_t n = 0;
+            while ((n = co_await a.read_some(buf, 5s)) != 0) {
+                got.append(reinterpret_cast<const char*>(buf.data()), n);
+            }
+            // As in the test above: unread input at close makes the kernel report a reset.
+            co_await b.write(std::string_view("unread"), 5s);
+            b_client.abort();
+            auto reset = co_await kind_of(b.read_some(buf, 5s));
+            co_return std::tuple<std::string, std::size_t, errc>{got, n, reset};
+        });
+    CHECK(got == "last words");
+    CHECK(at_eof == 0);
+    CHECK(reset == errc::connection_reset);
+}
+
 TEST_CASE("read() times out on a silent peer and the connection stays usable", "[connection]") {
     auto transport = NETLOOP_TRANSPORTS;
     CAPTURE(transport);
