@@ -8,6 +8,7 @@
 #include <netinet/tcp.h>
 #include <optional>
 #include <sys/socket.h>
+#include <tuple>
 
 #include <netloop/connection.hpp>
 
@@ -63,20 +64,42 @@ connection& connection::operator=(connection&& other) noexcept {
 
 connection::~connection() { close(); }
 
-task<std::size_t> connection::read(std::span<std::byte> buf, duration timeout) {
-    auto& c = *impl_;
+namespace detail {
+namespace {
+
+// read(span) and read_some(span): one coroutine, called by both without a frame of their own.
+// `eof_is_zero`: the peer's orderly EOF returns 0 instead of throwing.
+task<std::size_t> read_into(connection_impl& c, std::span<std::byte> buf, duration timeout,
+                            bool eof_is_zero) {
     if (buf.empty()) throw error(errc::invalid_argument, c.describe("read") + " (empty buffer)");
     c.settle();
     if (c.read_end != c.read_begin) co_return c.take_buffered(buf);
     if (c.closed) throw error(errc::connection_closed, c.describe("read"));
     if (c.drain_ends_read()) throw c.drained_error("read");
     auto slot = (co_await asio::this_coro::cancellation_state).slot();
-    detail::operation op(c, c.reader, timeout, slot);
+    operation op(c, c.reader, timeout, slot);
     auto [ec, n] =
         co_await c.stream.async_read_some(asio::buffer(buf.data(), buf.size()), op.token());
-    if (ec) throw c.failure("read", ec, c.reader);
+    if (ec) {
+        if (eof_is_zero && ec == asio::error::eof) {
+            c.peer_closed = true;  // as failure() records it: a close needs no linger
+            co_return 0;
+        }
+        throw c.failure("read", ec, c.reader);
+    }
     c.count_read(n);
     co_return n;
+}
+
+}  // namespace
+}  // namespace detail
+
+task<std::size_t> connection::read(std::span<std::byte> buf, duration timeout) {
+    return detail::read_into(*impl_, buf, timeout, false);
+}
+
+task<std::size_t> connection::read_some(std::span<std::byte> buf, duration timeout) {
+    return detail::read_into(*impl_, buf, timeout, true);
 }
 
 task<std::vector<std::byte>> connection::read(std::size_t max_bytes, duration timeout) {
@@ -126,14 +149,51 @@ task<> connection::write(std::span<const std::byte> bytes, duration timeout) {
     auto& c = *impl_;
     if (c.closed) throw error(errc::connection_closed, c.describe("write"));
     if (bytes.empty()) co_return;
-    auto slot = (co_await asio::this_coro::cancellation_state).slot();
+    auto state = co_await asio::this_coro::cancellation_state;
+    auto slot = state.slot();
     detail::operation op(c, c.writer, timeout, slot);
-    auto [ec, n] = co_await c.stream.async_write(asio::buffer(bytes.data(), bytes.size()),
-                                                 detail::transfer_all_touching{&c}, op.token());
+    asio::error_code ec;
+    std::size_t n = 0;
+    if (c.stream.is_tls()) {
+        std::tie(ec, n) =
+            co_await c.stream.async_write(asio::buffer(bytes.data(), bytes.size()),
+                                          detail::transfer_all_touching{&c}, op.token());
+    } else {
+        // A plain socket: write_some until everything is written, without
+        // asio::async_write's composed operation (its handler layer and its own
+        // cancellation state cost ~450 instructions a message). Usually one pass:
+        // one send, as async_write's first.
+        for (;;) {
+            auto rest = bytes.subspan(n);
+            auto [e, k] = co_await c.stream.socket().async_write_some(
+                asio::buffer(rest.data(), rest.size()), op.token());
+            n += k;
+            ec = e;
+            if (ec || n == bytes.size()) break;
+            // A partial write: activity, under an idle bound (as
+            // transfer_all_touching).
+            if (c.limits) c.limits->last_activity = detail::clock::now();
+            // Cancelled, timed out or closed after this part was written and before
+            // its completion ran: stop, as async_write does.
+            if (c.closed || c.writer.expired ||
+                state.cancelled() != asio::cancellation_type::none) {
+                ec = asio::error::operation_aborted;
+                break;
+            }
+            // use_awaitable cleared the task's slot when this part completed: wire it
+            // again, so cancelling the task still cancels the rest of the write.
+            if (slot.is_connected()) {
+                slot.assign([&signal = c.writer.signal](asio::cancellation_type type) {
+                    signal.emit(type);
+                });
+            }
+        }
+    }
     c.count_written(n);
     if (!ec) co_return;
     auto failure = c.failure("write", ec, c.writer, n);
-    // Over TLS a record may be half-sent: the stream cannot go on, so the connection ends.
+    // Over TLS a record may be half-sent: the stream cannot go on, so the
+    // connection ends.
     if (c.stream.is_tls()) c.abort();
     throw failure;
 }

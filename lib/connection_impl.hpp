@@ -164,10 +164,34 @@ struct connection_impl : std::enable_shared_from_this<connection_impl> {
 
     [[nodiscard]] const address& local() const;
 
-    // deadline.cpp: starts `d`'s clock for an operation that may take `timeout`.
-    void begin(direction& d, duration timeout);
-    // deadline.cpp: `d`'s operation ended (activity, for the idle bound).
-    void end(direction& d) noexcept;
+    // Starts `d`'s clock for an operation that may take `timeout` (inline: without a timeout or
+    // limits it reads no clock and calls nothing).
+    void begin(direction& d, duration timeout) {
+        d.pending = true;
+        d.expired = false;
+        d.drained = false;
+        if (&d == &reader) ++reads_begun;
+        if (timeout == no_timeout && !limits) {
+            d.at = never;
+            return;
+        }
+        start_clock(d, timeout);
+    }
+    // deadline.cpp: the timed part of begin(): one clock read, and arm() only if the wait
+    // outstanding is due later than `d`'s new deadline.
+    void start_clock(direction& d, duration timeout);
+    // `d`'s operation ended (activity, for the idle bound). Inline: without limits or a drain,
+    // two flag tests.
+    void end(direction& d) noexcept {
+        d.pending = false;
+        if (limits) limits->last_activity = clock::now();
+        // A full-duplex handler's read may wait at a boundary while a write runs: once the write
+        // is done, a drain past its idle stage ends that read.
+        if (&d == &writer && reader.pending && counters &&
+            counters->ending_idle.load(std::memory_order_relaxed)) {
+            end_if_idle();
+        }
+    }
     void set_limits(duration idle, duration whole);
 
     // framing.cpp

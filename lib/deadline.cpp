@@ -11,31 +11,15 @@ namespace netloop::detail {
 // outstanding, the next operation only moves its direction's `at` (later), and the wait, when
 // it fires early, re-arms for what is due then. A busy connection thus touches its timer about
 // once per timeout period, not once per call; the clock is read once per operation (twice
-// under an idle bound, whose activity is the end of an operation too).
-void connection_impl::begin(direction& d, duration timeout) {
-    d.pending = true;
-    d.expired = false;
-    d.drained = false;
-    if (&d == &reader) ++reads_begun;
-    if (timeout == no_timeout && !limits) {
-        d.at = never;
-        return;
-    }
+// under an idle bound, whose activity is the end of an operation too), and an operation whose
+// deadline is no earlier than the outstanding wait's does not call arm() at all.
+void connection_impl::start_clock(direction& d, duration timeout) {
     auto now = clock::now();
     if (limits) limits->last_activity = now;
     d.at = deadline_after(now, timeout);
-    if (d.at != never) arm(d.at);
-}
-
-void connection_impl::end(direction& d) noexcept {
-    d.pending = false;
-    if (limits) limits->last_activity = clock::now();
-    // A full-duplex handler's read may wait at a boundary while a write runs: once the write is
-    // done, a drain past its idle stage ends that read.
-    if (&d == &writer && reader.pending && counters &&
-        counters->ending_idle.load(std::memory_order_relaxed)) {
-        end_if_idle();
-    }
+    // The common case, a timeout as long as the last one: the wait outstanding is due no later.
+    if (d.at == never || (timer_armed && timer->expiry() <= d.at)) return;
+    arm(d.at);
 }
 
 void connection_impl::arm(clock::time_point at) {

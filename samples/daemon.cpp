@@ -262,8 +262,8 @@ netloop::task<> echo(netloop::connection conn) {
     // message waits for the peer's delayed ACK (up to 40 ms on Linux).
     conn.set_no_delay(true);
     std::array<std::byte, 16384> buf;
-    for (;;) {
-        auto n = co_await conn.read(buf, 1h);
+    // read_some: the peer's EOF is a 0, not an exception.
+    while (auto n = co_await conn.read_some(buf, 1h)) {
         co_await conn.write(std::span(buf).first(n), 30s);
     }
 }

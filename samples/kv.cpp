@@ -1193,10 +1193,11 @@ std::size_t grown_size(std::size_t size, std::size_t wanted) {
     return std::min({std::max(size + size / 2, wanted), size * 2, max_buffer});
 }
 
-/// Reads what has arrived into `buf`; 0 once the client has closed its side.
+/// Reads what has arrived into `buf`; 0 once the client has closed its side (read_some: no
+/// exception) or the server drains while it waits between commands.
 netloop::task<std::size_t> read_some(netloop::connection& conn, std::span<char> buf) {
     try {
-        co_return co_await conn.read(std::as_writable_bytes(buf), idle_timeout);
+        co_return co_await conn.read_some(std::as_writable_bytes(buf), idle_timeout);
     } catch (const netloop::error& e) {
         if (e.kind() != netloop::errc::connection_closed) throw;
     }

@@ -154,6 +154,36 @@ TEST_CASE("a peer that closes gives connection_closed; one that resets gives con
     CHECK(other_ok);
 }
 
+TEST_CASE("read_some() returns the bytes, then 0 at the peer's orderly EOF; a reset still throws",
+          "[connection]") {
+    auto transport = NETLOOP_TRANSPORTS;
+    CAPTURE(transport);
+    auto [got, at_eof, reset] =
+        run_bounded([&]() -> task<std::tuple<std::string, std::size_t, errc>> {
+            auto s = listen_on(transport);
+            auto conns = s.connections();
+            auto [a, a_client] = co_await connect_and_accept(transport, s, conns);
+            auto [b, b_client] = co_await connect_and_accept(transport, s, conns);
+
+            co_await a_client.write(std::string_view("last words"), 5s);
+            a_client.close();
+            std::array<std::byte, 64> buf;
+            std::string got;
+            std::size_t n = 0;
+            while ((n = co_await a.read_some(buf, 5s)) != 0) {
+                got.append(reinterpret_cast<const char*>(buf.data()), n);
+            }
+            // As in the test above: unread input at close makes the kernel report a reset.
+            co_await b.write(std::string_view("unread"), 5s);
+            b_client.abort();
+            auto reset = co_await kind_of(b.read_some(buf, 5s));
+            co_return std::tuple<std::string, std::size_t, errc>{got, n, reset};
+        });
+    CHECK(got == "last words");
+    CHECK(at_eof == 0);
+    CHECK(reset == errc::connection_reset);
+}
+
 TEST_CASE("read() times out on a silent peer and the connection stays usable", "[connection]") {
     auto transport = NETLOOP_TRANSPORTS;
     CAPTURE(transport);
@@ -256,6 +286,41 @@ TEST_CASE("a cancelled read() leaves nothing pending: the next read() gets the b
     });
     CHECK(cancelled_kind == errc::cancelled);
     CHECK(bytes == "after cancel");
+}
+
+TEST_CASE("cancelling a task while its write waits after a partial write ends that write",
+          "[connection][cancel]") {
+    auto transport = NETLOOP_TRANSPORTS;
+    CAPTURE(transport);
+    static constexpr std::size_t total = std::size_t{64} << 20;
+    auto data = pattern(total, 5);
+    auto [kind, written] = run_bounded([&]() -> task<std::pair<errc, std::size_t>> {
+        auto pair = co_await make_pair_over(transport);
+        auto& srv = pair.server_side;
+        auto& client = pair.client_side;
+        asio::cancellation_signal cancel;
+        std::optional<std::pair<errc, std::size_t>> result;
+        asio::co_spawn(
+            netloop::loop::shared().context(),
+            [&]() -> task<> {
+                try {
+                    co_await srv.write(data, 10s);  // far more than the socket buffers hold
+                    result = {errc{}, total};
+                } catch (const netloop::error& e) {
+                    result = {e.kind(), e.bytes_written()};
+                }
+            },
+            asio::bind_cancellation_slot(cancel.slot(), asio::detached));
+        // The first bytes arrive once the write's first part is sent; that part's completion
+        // was queued before the client's read, so the write is waiting in a later part now.
+        co_await read_n(client, 1, 5s);
+        for (int i = 0; i < 3; ++i) co_await netloop::test::yield();
+        cancel.emit(asio::cancellation_type::terminal);
+        while (!result) co_await netloop::test::yield();
+        co_return *result;
+    });
+    CHECK(kind == errc::cancelled);
+    CHECK(written < total);
 }
 
 TEST_CASE("full duplex: 16 MiB each way at once, byte-exact", "[connection]") {

@@ -60,6 +60,13 @@ public:
     /// Asio's per-thread cache; `test/alloc_test.cpp` counts it).
     [[nodiscard]] task<std::size_t> read(std::span<std::byte> buf, duration timeout);
 
+    /// As `read(span, timeout)`, but the peer's orderly EOF returns 0 instead of throwing: a
+    /// handler learns "the peer is done" without an exception, whose unwinding costs ~10,000
+    /// instructions or more per coroutine frame it leaves (bench/RESULTS.md). Everything else
+    /// throws as `read()` does, including `errc::connection_closed` for a connection closed on
+    /// this side or ended by a drain, and for a TLS peer's EOF without close_notify.
+    [[nodiscard]] task<std::size_t> read_some(std::span<std::byte> buf, duration timeout);
+
     /// Waits until bytes are ready, then returns up to `max_bytes` of them in a new buffer.
     ///
     /// The buffer exists only once data is there, so an idle connection costs no buffer; the
