@@ -289,6 +289,37 @@ TEST_CASE(
 }
 
 TEST_CASE(
+    "daemon --tls-sni: an exact name wins over a wildcard that also matches it, and a name given "
+    "again replaces its certificate",
+    "[samples][daemon][tls]") {
+    const auto& pki = daemon_certs();
+    temp_file cert, key, named_cert, named_key, wild_cert, wild_key, err;
+    cert.write(pki.first.cert);
+    key.write(pki.first.key);
+    named_cert.write(pki.named.cert);
+    named_key.write(pki.named.key);
+    wild_cert.write(pki.wildcard.cert);
+    wild_key.write(pki.wildcard.key);
+    auto pair = [](const temp_file& c, const temp_file& k) { return c.path() + "," + k.path(); };
+    // The wildcard comes first, so that the exact name wins by kind, not by order; the last
+    // name is given twice (in another case), the second time with another certificate.
+    child_process daemon(daemon_args(cert, key,
+                                     {"--tls-sni", "*.example.test=" + pair(wild_cert, wild_key),
+                                      "--tls-sni", "a.example.test=" + pair(named_cert, named_key),
+                                      "--tls-sni", "again.test=" + pair(wild_cert, wild_key),
+                                      "--tls-sni", "AGAIN.test=" + pair(named_cert, named_key)}),
+                         {}, err.path());
+    auto port = daemon.announced_port();
+    REQUIRE(port != 0);
+    CHECK(serial_seen(port, "-servername a.example.test") == "serial=A1A1");
+    CHECK(serial_seen(port, "-servername b.example.test") == "serial=B2B2");
+    CHECK(serial_seen(port, "-servername again.test") == "serial=A1A1");
+    daemon.signal(SIGTERM);
+    CAPTURE(err.contents());
+    CHECK(daemon.exited_with(0, 10s));
+}
+
+TEST_CASE(
     "daemon: a returning client's session is resumed (TLS 1.3 and 1.2), also across a SIGHUP "
     "reload; with --tls-resumption off the server hands out no session to resume",
     "[samples][daemon][tls]") {
