@@ -1,11 +1,16 @@
 // SPDX-License-Identifier: MIT
 // samples/daemon's TLS as operators run it, with Debian's openssl s_client as the client:
-// SIGHUP reloads, SNI, session resumption.
+// SIGHUP reloads, SNI, session resumption. What the daemon has no flag for (ALPN, the ticket
+// key rotation) is served by a netloop server in this process, still with s_client as the client.
 #include <array>
+#include <atomic>
 #include <chrono>
 #include <csignal>
 #include <cstdio>
+#include <exception>
 #include <filesystem>
+#include <mutex>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -15,6 +20,7 @@
 #include "support/bounded.hpp"
 #include "support/catch.hpp"
 #include "support/process.hpp"
+#include "support/serve_helpers.hpp"
 #include "support/temp_file.hpp"
 #include "support/test_certs.hpp"
 
@@ -139,6 +145,92 @@ std::string metric_line(const std::string& metrics_at, const std::string& name) 
     }
     return {};
 }
+
+// One s_client connection with `flags` that sends a line and keeps its stdin open until the
+// line has come back or the client reports an error (bounded); the client's output. The
+// session tickets, sent right after the handshake, have arrived when -sess_out writes the
+// session.
+std::string echo_line(std::uint16_t port, const std::string& flags) {
+    temp_file out;
+    shell("{ printf 'echo-me\\n'; j=0; while ! grep -q 'echo-me\\|:error:' '" + out.path() +
+          "' && [ $j -lt 500 ]; do sleep 0.02; j=$((j+1)); done; } | " +
+          s_client(port, "-no_ign_eof " + flags) + " > '" + out.path() + "' 2>&1");
+    return out.contents();
+}
+
+// s_client does not print what it sends, so the line in its output came back from the server (not
+// necessarily at the start of a line: the client's diagnostics interleave with it).
+bool echoed(const std::string& out) { return out.find("echo-me") != std::string::npos; }
+
+bool reused(const std::string& out) { return out.find("Reused, TLSv1.") != std::string::npos; }
+
+// A netloop server in this process, on a thread of its own, with `tls` and `options`, echoing
+// what it reads; it records the threads (loops) its connections were served on.
+class in_process_server {
+public:
+    in_process_server(netloop::tls_context tls, netloop::serve_options options)
+        : thread_([this, tls, options] { run(tls, options); }) {}
+
+    in_process_server(const in_process_server&) = delete;
+    in_process_server& operator=(const in_process_server&) = delete;
+
+    ~in_process_server() {
+        stop_.store(true);
+        thread_.join();
+    }
+
+    // The port, once listening (0 if it did not within 10 s).
+    std::uint16_t port() const {
+        (void)wait_until([&] { return port_.load() != 0 || failed_.load(); }, 10s);
+        return port_.load();
+    }
+
+    std::size_t loops_used() {
+        std::lock_guard lock(mutex_);
+        return loops_.size();
+    }
+
+private:
+    void run(netloop::tls_context tls, netloop::serve_options options) {
+        try {
+            netloop::run(
+                [&]() -> netloop::task<> {
+                    auto s = netloop::server::listen(netloop::address::parse("127.0.0.1:0"),
+                                                     netloop::listen_options{.tls = tls});
+                    netloop::test::serve_outcome serving;
+                    auto handler = [this](netloop::connection c) -> netloop::task<> {
+                        {
+                            std::lock_guard lock(mutex_);
+                            loops_.insert(std::this_thread::get_id());
+                        }
+                        std::array<std::byte, 4096> buf;
+                        try {
+                            for (;;) {
+                                auto n = co_await c.read(buf, 30s);
+                                co_await c.write(std::span(buf).first(n), 30s);
+                            }
+                        } catch (const netloop::error&) {
+                        }
+                    };
+                    netloop::spawn(netloop::test::serve_into(s, handler, options, serving));
+                    port_.store(s.local_port());
+                    (void)co_await netloop::test::eventually([&] { return stop_.load(); }, 120s);
+                    s.close();
+                    (void)co_await netloop::test::eventually([&] { return serving.done; });
+                },
+                {.cancel_on_signal = false, .rethrow = true});
+        } catch (...) {
+            failed_.store(true);
+        }
+    }
+
+    std::atomic<std::uint16_t> port_{0};
+    std::atomic<bool> stop_{false};
+    std::atomic<bool> failed_{false};
+    std::mutex mutex_;
+    std::set<std::thread::id> loops_;
+    std::thread thread_;
+};
 
 }  // namespace
 
@@ -393,4 +485,45 @@ TEST_CASE(
         CHECK(daemon.exited_with(2, 10s));
         CHECK(err.contents().find(flags[0]) != std::string::npos);
     }
+}
+
+TEST_CASE(
+    "add_sni: a name shares the context's ALPN, session tickets and mutual TLS (a client without "
+    "a certificate is refused under the name too)",
+    "[samples][tls]") {
+    auto version = GENERATE(as<std::string>{}, "-tls1_3", "-tls1_2");
+    CAPTURE(version);
+    const auto& pki = daemon_certs();
+    auto tls = netloop::tls_context::server_from_pem(pki.first.cert, pki.first.key);
+    tls.trust_pem(pki.ca.cert);
+    tls.set_verify_peer(true);
+    tls.set_alpn({"h2", "http/1.1"});
+    tls.add_sni_pem("a.example.test", pki.named.cert, pki.named.key);
+    in_process_server server(tls, {});
+    auto port = server.port();
+    REQUIRE(port != 0);
+    temp_file ca, client_cert, client_key, session;
+    ca.write(pki.ca.cert);
+    client_cert.write(pki.second.cert);
+    client_key.write(pki.second.key);
+    auto flags = "-servername a.example.test -CAfile '" + ca.path() + "' -verify_return_error " +
+                 version + " ";
+    auto with_cert = flags + "-cert '" + client_cert.path() + "' -key '" + client_key.path() + "' ";
+
+    auto first =
+        echo_line(port, with_cert + "-alpn http/1.1,h2 -sess_out '" + session.path() + "'");
+    CAPTURE(first);
+    CHECK(first.find("s:CN = a.example.test") != std::string::npos);  // the name's certificate
+    CHECK(first.find("ALPN protocol: h2") != std::string::npos);      // the server's choice
+    CHECK(echoed(first));
+    CHECK(first.find("New, TLSv1.") != std::string::npos);
+
+    auto again = echo_line(port, with_cert + "-sess_in '" + session.path() + "'");
+    CAPTURE(again);
+    CHECK(reused(again));
+    CHECK(echoed(again));
+
+    auto no_cert = echo_line(port, flags);
+    CAPTURE(no_cert);
+    CHECK_FALSE(echoed(no_cert));
 }
