@@ -164,6 +164,18 @@ bool echoed(const std::string& out) { return out.find("echo-me") != std::string:
 
 bool reused(const std::string& out) { return out.find("Reused, TLSv1.") != std::string::npos; }
 
+// The name of the key a saved session's ticket is encrypted with: the ticket's first 16 bytes,
+// the first line of `openssl sess_id -text`'s dump of it (empty if there is no ticket).
+std::string ticket_key_name(const temp_file& session) {
+    auto text = shell("openssl sess_id -in '" + session.path() + "' -noout -text");
+    auto at = text.find("TLS session ticket:");
+    if (at == std::string::npos) return {};
+    auto line = text.find('\n', at);
+    if (line == std::string::npos) return {};
+    ++line;
+    return text.substr(line, text.find('\n', line) - line);
+}
+
 // A netloop server in this process, on a thread of its own, with `tls` and `options`, echoing
 // what it reads; it records the threads (loops) its connections were served on.
 class in_process_server {
@@ -526,4 +538,60 @@ TEST_CASE(
     auto no_cert = echo_line(port, flags);
     CAPTURE(no_cert);
     CHECK_FALSE(echoed(no_cert));
+}
+
+TEST_CASE(
+    "set_session_ticket_rotation: a ticket made under the key before the current one still "
+    "resumes, one older than two rotations does not, and every loop resumes every ticket",
+    "[samples][tls]") {
+    constexpr auto rotation = 3s;
+    const auto& pki = daemon_certs();
+    auto tls = netloop::tls_context::server_from_pem(pki.first.cert, pki.first.key);
+    tls.set_session_ticket_rotation(rotation);
+    in_process_server server(tls, {.threads = 2, .balance = netloop::balance_mode::hand_off});
+    auto port = server.port();
+    REQUIRE(port != 0);
+    temp_file first, late, renewed, scratch;
+    // The first key is made at the first handshake, after `start`.
+    auto start = std::chrono::steady_clock::now();
+    auto one = echo_line(port, "-sess_out '" + first.path() + "'");
+    CAPTURE(one);
+    REQUIRE(echoed(one));
+    auto first_key = ticket_key_name(first);
+    REQUIRE(!first_key.empty());
+
+    // Shared by every loop: hand_off alternates, so these land on both loops.
+    for (int i = 0; i < 4; ++i) {
+        auto back = echo_line(port, "-sess_in '" + first.path() + "'");
+        CAPTURE(i, back);
+        CHECK(reused(back));
+    }
+    CHECK(server.loops_used() == 2);
+
+    // Late in the first key's period: a ticket still under the first key...
+    std::this_thread::sleep_until(start + rotation * 2 / 3);
+    auto two = echo_line(port, "-sess_out '" + late.path() + "'");
+    CAPTURE(two);
+    REQUIRE(echoed(two));
+    REQUIRE(ticket_key_name(late) == first_key);
+    // ... resumes after the rotation: the key before the current one decrypts it.
+    std::this_thread::sleep_until(start + rotation + rotation / 6);
+    auto three = echo_line(port, "-sess_in '" + late.path() + "'");
+    CAPTURE(three);
+    CHECK(echoed(three));
+    CHECK(reused(three));
+    // The rotation did happen: a new client's ticket is under another key.
+    auto fresh = echo_line(port, "-sess_out '" + renewed.path() + "'");
+    CAPTURE(fresh);
+    auto new_key = ticket_key_name(renewed);
+    CHECK(!new_key.empty());
+    CHECK(new_key != first_key);
+
+    // Older than two rotations (and a second of the clock's granularity): a full handshake.
+    std::this_thread::sleep_until(start + 2 * rotation + 2s);
+    auto four = echo_line(port, "-sess_in '" + first.path() + "'");
+    CAPTURE(four);
+    CHECK(echoed(four));
+    CHECK_FALSE(reused(four));
+    CHECK(four.find("New, TLSv1.") != std::string::npos);
 }
