@@ -1,11 +1,16 @@
 // SPDX-License-Identifier: MIT
 // samples/daemon's TLS as operators run it, with Debian's openssl s_client as the client:
-// SIGHUP reloads, SNI, session resumption.
+// SIGHUP reloads, SNI, session resumption. What the daemon has no flag for (ALPN, the ticket
+// key rotation) is served by a netloop server in this process, still with s_client as the client.
 #include <array>
+#include <atomic>
 #include <chrono>
 #include <csignal>
 #include <cstdio>
+#include <exception>
 #include <filesystem>
+#include <mutex>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -15,6 +20,7 @@
 #include "support/bounded.hpp"
 #include "support/catch.hpp"
 #include "support/process.hpp"
+#include "support/serve_helpers.hpp"
 #include "support/temp_file.hpp"
 #include "support/test_certs.hpp"
 
@@ -139,6 +145,104 @@ std::string metric_line(const std::string& metrics_at, const std::string& name) 
     }
     return {};
 }
+
+// One s_client connection with `flags` that sends a line and keeps its stdin open until the
+// line has come back or the client reports an error (bounded); the client's output. The
+// session tickets, sent right after the handshake, have arrived when -sess_out writes the
+// session.
+std::string echo_line(std::uint16_t port, const std::string& flags) {
+    temp_file out;
+    shell("{ printf 'echo-me\\n'; j=0; while ! grep -q 'echo-me\\|:error:' '" + out.path() +
+          "' && [ $j -lt 500 ]; do sleep 0.02; j=$((j+1)); done; } | " +
+          s_client(port, "-no_ign_eof " + flags) + " > '" + out.path() + "' 2>&1");
+    return out.contents();
+}
+
+// s_client does not print what it sends, so the line in its output came back from the server (not
+// necessarily at the start of a line: the client's diagnostics interleave with it).
+bool echoed(const std::string& out) { return out.find("echo-me") != std::string::npos; }
+
+bool reused(const std::string& out) { return out.find("Reused, TLSv1.") != std::string::npos; }
+
+// The name of the key a saved session's ticket is encrypted with: the ticket's first 16 bytes,
+// the first line of `openssl sess_id -text`'s dump of it (empty if there is no ticket).
+std::string ticket_key_name(const temp_file& session) {
+    auto text = shell("openssl sess_id -in '" + session.path() + "' -noout -text");
+    auto at = text.find("TLS session ticket:");
+    if (at == std::string::npos) return {};
+    auto line = text.find('\n', at);
+    if (line == std::string::npos) return {};
+    ++line;
+    return text.substr(line, text.find('\n', line) - line);
+}
+
+// A netloop server in this process, on a thread of its own, with `tls` and `options`, echoing
+// what it reads; it records the threads (loops) its connections were served on.
+class in_process_server {
+public:
+    in_process_server(netloop::tls_context tls, netloop::serve_options options)
+        : thread_([this, tls, options] { run(tls, options); }) {}
+
+    in_process_server(const in_process_server&) = delete;
+    in_process_server& operator=(const in_process_server&) = delete;
+
+    ~in_process_server() {
+        stop_.store(true);
+        thread_.join();
+    }
+
+    // The port, once listening (0 if it did not within 10 s).
+    std::uint16_t port() const {
+        (void)wait_until([&] { return port_.load() != 0 || failed_.load(); }, 10s);
+        return port_.load();
+    }
+
+    std::size_t loops_used() {
+        std::lock_guard lock(mutex_);
+        return loops_.size();
+    }
+
+private:
+    void run(netloop::tls_context tls, netloop::serve_options options) {
+        try {
+            netloop::run(
+                [&]() -> netloop::task<> {
+                    auto s = netloop::server::listen(netloop::address::parse("127.0.0.1:0"),
+                                                     netloop::listen_options{.tls = tls});
+                    netloop::test::serve_outcome serving;
+                    auto handler = [this](netloop::connection c) -> netloop::task<> {
+                        {
+                            std::lock_guard lock(mutex_);
+                            loops_.insert(std::this_thread::get_id());
+                        }
+                        std::array<std::byte, 4096> buf;
+                        try {
+                            for (;;) {
+                                auto n = co_await c.read(buf, 30s);
+                                co_await c.write(std::span(buf).first(n), 30s);
+                            }
+                        } catch (const netloop::error&) {
+                        }
+                    };
+                    netloop::spawn(netloop::test::serve_into(s, handler, options, serving));
+                    port_.store(s.local_port());
+                    (void)co_await netloop::test::eventually([&] { return stop_.load(); }, 120s);
+                    s.close();
+                    (void)co_await netloop::test::eventually([&] { return serving.done; });
+                },
+                {.cancel_on_signal = false, .rethrow = true});
+        } catch (...) {
+            failed_.store(true);
+        }
+    }
+
+    std::atomic<std::uint16_t> port_{0};
+    std::atomic<bool> stop_{false};
+    std::atomic<bool> failed_{false};
+    std::mutex mutex_;
+    std::set<std::thread::id> loops_;
+    std::thread thread_;
+};
 
 }  // namespace
 
@@ -289,6 +393,37 @@ TEST_CASE(
 }
 
 TEST_CASE(
+    "daemon --tls-sni: an exact name wins over a wildcard that also matches it, and a name given "
+    "again replaces its certificate",
+    "[samples][daemon][tls]") {
+    const auto& pki = daemon_certs();
+    temp_file cert, key, named_cert, named_key, wild_cert, wild_key, err;
+    cert.write(pki.first.cert);
+    key.write(pki.first.key);
+    named_cert.write(pki.named.cert);
+    named_key.write(pki.named.key);
+    wild_cert.write(pki.wildcard.cert);
+    wild_key.write(pki.wildcard.key);
+    auto pair = [](const temp_file& c, const temp_file& k) { return c.path() + "," + k.path(); };
+    // The wildcard comes first, so that the exact name wins by kind, not by order; the last
+    // name is given twice (in another case), the second time with another certificate.
+    child_process daemon(daemon_args(cert, key,
+                                     {"--tls-sni", "*.example.test=" + pair(wild_cert, wild_key),
+                                      "--tls-sni", "a.example.test=" + pair(named_cert, named_key),
+                                      "--tls-sni", "again.test=" + pair(wild_cert, wild_key),
+                                      "--tls-sni", "AGAIN.test=" + pair(named_cert, named_key)}),
+                         {}, err.path());
+    auto port = daemon.announced_port();
+    REQUIRE(port != 0);
+    CHECK(serial_seen(port, "-servername a.example.test") == "serial=A1A1");
+    CHECK(serial_seen(port, "-servername b.example.test") == "serial=B2B2");
+    CHECK(serial_seen(port, "-servername again.test") == "serial=A1A1");
+    daemon.signal(SIGTERM);
+    CAPTURE(err.contents());
+    CHECK(daemon.exited_with(0, 10s));
+}
+
+TEST_CASE(
     "daemon: a returning client's session is resumed (TLS 1.3 and 1.2), also across a SIGHUP "
     "reload; with --tls-resumption off the server hands out no session to resume",
     "[samples][daemon][tls]") {
@@ -362,4 +497,101 @@ TEST_CASE(
         CHECK(daemon.exited_with(2, 10s));
         CHECK(err.contents().find(flags[0]) != std::string::npos);
     }
+}
+
+TEST_CASE(
+    "add_sni: a name shares the context's ALPN, session tickets and mutual TLS (a client without "
+    "a certificate is refused under the name too)",
+    "[samples][tls]") {
+    auto version = GENERATE(as<std::string>{}, "-tls1_3", "-tls1_2");
+    CAPTURE(version);
+    const auto& pki = daemon_certs();
+    auto tls = netloop::tls_context::server_from_pem(pki.first.cert, pki.first.key);
+    tls.trust_pem(pki.ca.cert);
+    tls.set_verify_peer(true);
+    tls.set_alpn({"h2", "http/1.1"});
+    tls.add_sni_pem("a.example.test", pki.named.cert, pki.named.key);
+    in_process_server server(tls, {});
+    auto port = server.port();
+    REQUIRE(port != 0);
+    temp_file ca, client_cert, client_key, session;
+    ca.write(pki.ca.cert);
+    client_cert.write(pki.second.cert);
+    client_key.write(pki.second.key);
+    auto flags = "-servername a.example.test -CAfile '" + ca.path() + "' -verify_return_error " +
+                 version + " ";
+    auto with_cert = flags + "-cert '" + client_cert.path() + "' -key '" + client_key.path() + "' ";
+
+    auto first =
+        echo_line(port, with_cert + "-alpn http/1.1,h2 -sess_out '" + session.path() + "'");
+    CAPTURE(first);
+    CHECK(first.find("s:CN = a.example.test") != std::string::npos);  // the name's certificate
+    CHECK(first.find("ALPN protocol: h2") != std::string::npos);      // the server's choice
+    CHECK(echoed(first));
+    CHECK(first.find("New, TLSv1.") != std::string::npos);
+
+    auto again = echo_line(port, with_cert + "-sess_in '" + session.path() + "'");
+    CAPTURE(again);
+    CHECK(reused(again));
+    CHECK(echoed(again));
+
+    auto no_cert = echo_line(port, flags);
+    CAPTURE(no_cert);
+    CHECK_FALSE(echoed(no_cert));
+}
+
+TEST_CASE(
+    "set_session_ticket_rotation: a ticket made under the key before the current one still "
+    "resumes, one older than two rotations does not, and every loop resumes every ticket",
+    "[samples][tls]") {
+    constexpr auto rotation = 3s;
+    const auto& pki = daemon_certs();
+    auto tls = netloop::tls_context::server_from_pem(pki.first.cert, pki.first.key);
+    tls.set_session_ticket_rotation(rotation);
+    in_process_server server(tls, {.threads = 2, .balance = netloop::balance_mode::hand_off});
+    auto port = server.port();
+    REQUIRE(port != 0);
+    temp_file first, late, renewed, scratch;
+    // The first key is made at the first handshake, after `start`.
+    auto start = std::chrono::steady_clock::now();
+    auto one = echo_line(port, "-sess_out '" + first.path() + "'");
+    CAPTURE(one);
+    REQUIRE(echoed(one));
+    auto first_key = ticket_key_name(first);
+    REQUIRE(!first_key.empty());
+
+    // Shared by every loop: hand_off alternates, so these land on both loops.
+    for (int i = 0; i < 4; ++i) {
+        auto back = echo_line(port, "-sess_in '" + first.path() + "'");
+        CAPTURE(i, back);
+        CHECK(reused(back));
+    }
+    CHECK(server.loops_used() == 2);
+
+    // Late in the first key's period: a ticket still under the first key...
+    std::this_thread::sleep_until(start + rotation * 2 / 3);
+    auto two = echo_line(port, "-sess_out '" + late.path() + "'");
+    CAPTURE(two);
+    REQUIRE(echoed(two));
+    REQUIRE(ticket_key_name(late) == first_key);
+    // ... resumes after the rotation: the key before the current one decrypts it.
+    std::this_thread::sleep_until(start + rotation + rotation / 6);
+    auto three = echo_line(port, "-sess_in '" + late.path() + "'");
+    CAPTURE(three);
+    CHECK(echoed(three));
+    CHECK(reused(three));
+    // The rotation did happen: a new client's ticket is under another key.
+    auto fresh = echo_line(port, "-sess_out '" + renewed.path() + "'");
+    CAPTURE(fresh);
+    auto new_key = ticket_key_name(renewed);
+    CHECK(!new_key.empty());
+    CHECK(new_key != first_key);
+
+    // Older than two rotations (and a second of the clock's granularity): a full handshake.
+    std::this_thread::sleep_until(start + 2 * rotation + 2s);
+    auto four = echo_line(port, "-sess_in '" + first.path() + "'");
+    CAPTURE(four);
+    CHECK(echoed(four));
+    CHECK_FALSE(reused(four));
+    CHECK(four.find("New, TLSv1.") != std::string::npos);
 }
