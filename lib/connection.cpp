@@ -8,7 +8,6 @@
 #include <netinet/tcp.h>
 #include <optional>
 #include <sys/socket.h>
-#include <tuple>
 
 #include <netloop/connection.hpp>
 
@@ -149,51 +148,14 @@ task<> connection::write(std::span<const std::byte> bytes, duration timeout) {
     auto& c = *impl_;
     if (c.closed) throw error(errc::connection_closed, c.describe("write"));
     if (bytes.empty()) co_return;
-    auto state = co_await asio::this_coro::cancellation_state;
-    auto slot = state.slot();
+    auto slot = (co_await asio::this_coro::cancellation_state).slot();
     detail::operation op(c, c.writer, timeout, slot);
-    asio::error_code ec;
-    std::size_t n = 0;
-    if (c.stream.is_tls()) {
-        std::tie(ec, n) =
-            co_await c.stream.async_write(asio::buffer(bytes.data(), bytes.size()),
-                                          detail::transfer_all_touching{&c}, op.token());
-    } else {
-        // A plain socket: write_some until everything is written, without
-        // asio::async_write's composed operation (its handler layer and its own
-        // cancellation state cost ~450 instructions a message). Usually one pass:
-        // one send, as async_write's first.
-        for (;;) {
-            auto rest = bytes.subspan(n);
-            auto [e, k] = co_await c.stream.socket().async_write_some(
-                asio::buffer(rest.data(), rest.size()), op.token());
-            n += k;
-            ec = e;
-            if (ec || n == bytes.size()) break;
-            // A partial write: activity, under an idle bound (as
-            // transfer_all_touching).
-            if (c.limits) c.limits->last_activity = detail::clock::now();
-            // Cancelled, timed out or closed after this part was written and before
-            // its completion ran: stop, as async_write does.
-            if (c.closed || c.writer.expired ||
-                state.cancelled() != asio::cancellation_type::none) {
-                ec = asio::error::operation_aborted;
-                break;
-            }
-            // use_awaitable cleared the task's slot when this part completed: wire it
-            // again, so cancelling the task still cancels the rest of the write.
-            if (slot.is_connected()) {
-                slot.assign([&signal = c.writer.signal](asio::cancellation_type type) {
-                    signal.emit(type);
-                });
-            }
-        }
-    }
+    auto [ec, n] = co_await c.stream.async_write(asio::buffer(bytes.data(), bytes.size()),
+                                                 detail::transfer_all_touching{&c}, op.token());
     c.count_written(n);
     if (!ec) co_return;
     auto failure = c.failure("write", ec, c.writer, n);
-    // Over TLS a record may be half-sent: the stream cannot go on, so the
-    // connection ends.
+    // Over TLS a record may be half-sent: the stream cannot go on, so the connection ends.
     if (c.stream.is_tls()) c.abort();
     throw failure;
 }
