@@ -205,9 +205,14 @@ const tls_state* find_sni(const tls_state& s, std::string_view name) {
     }
     auto dot = name.find('.');
     if (dot == 0 || dot == std::string_view::npos) return nullptr;
-    std::string wildcard = "*" + std::string(name.substr(dot));
+    // A wildcard `*.example.com` for `a.example.com`: compared in place, no string built.
+    auto suffix = name.substr(dot);
     for (const auto& e : s.sni) {
-        if (e.name == wildcard) return e.state.get();
+        std::string_view pattern = e.name;
+        if (pattern.size() == suffix.size() + 1 && pattern.front() == '*' &&
+            pattern.substr(1) == suffix) {
+            return e.state.get();
+        }
     }
     return nullptr;
 }
