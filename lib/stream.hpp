@@ -51,7 +51,7 @@ public:
 #if NETLOOP_HAS_TLS
     // Puts TLS on top of the socket, with the context it needs kept alive.
     tls_stream& start_tls(std::shared_ptr<tls_state> settings) {
-        tls_ = std::make_unique<tls_stream>(socket_, settings->context);
+        tls_ = std::make_unique<tls_stream>(socket_, settings->context.native_handle());
         settings_ = std::move(settings);
         return *tls_;
     }

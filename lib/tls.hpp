@@ -15,6 +15,7 @@
 #endif
 
 #include "endpoint.hpp"
+#include "tls_stream.hpp"
 
 namespace netloop::detail {
 
@@ -41,7 +42,6 @@ struct tls_state {
     std::vector<sni_entry> sni;
 };
 
-using tls_stream = asio::ssl::stream<stream_socket&>;
 
 #else
 

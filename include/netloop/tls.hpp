@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT
-// tls_context: TLS for servers and clients through asio::ssl (OpenSSL), when netloop is built
-// with it (NETLOOP_HAS_TLS).
+// tls_context: TLS for servers and clients through OpenSSL, when netloop is built with it
+// (NETLOOP_HAS_TLS).
 #pragma once
 
 #include <netloop/detail/config.hpp>
