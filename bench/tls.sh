@@ -6,24 +6,28 @@
 # bench/tls_load (one netloop client for both, so the runs differ only in TLS), echo 50
 # connections x SIZE bytes, 4 in flight, 3 s windows, alternating, 3 repeats per size.
 #
-# handshakes: the server CPU of one TLS handshake, full and resumed, netloop (samples/daemon,
-# one loop) side by side with nginx (Debian's, its stream module terminating TLS, one worker,
-# `return` after the handshake). The client (Python's ssl, one connection at a time) connects,
-# completes the handshake, reads one byte (netloop echoes the byte it sends; nginx returns it
-# unasked) so that TLS 1.3's session tickets have arrived, and closes. "full" uses no session;
-# "resumed" offers the last session it got and counts the handshakes the server resumed;
-# "plain" is the same exchange over plain TCP (a second daemon without TLS, a second nginx
-# server block without ssl): what a connection costs each server without TLS. The
-# server's CPU (utime+stime from /proc, nginx's worker) over HANDSHAKES connections, divided by
-# their count: microseconds per handshake. Alternating netloop/nginx, 3 repeats, TLS 1.3 and
-# 1.2. nginx and libnginx-mod-stream are installed from Debian if missing (apt-get; the
-# package's service is kept from starting); without them this part says why and stops.
+# handshakes: the server CPU of one TLS handshake, full and resumed, netloop side by side with
+# nginx (Debian's, its stream module terminating TLS, one worker, `return "x"` after the
+# handshake). Both servers do the same exchange: accept, handshake, write one byte, close
+# (bench/tls_return is netloop's `return`; it sends close_notify and waits for the client's close
+# as nginx does). Both use the same TLS 1.2 cipher order, server preference, so they negotiate
+# the same suite. The client (Python's ssl, one connection at a time) connects, completes the
+# handshake, reads the byte (so that TLS 1.3's session tickets have arrived), and closes. "full"
+# uses no session; "resumed" offers the last session it got and counts the handshakes the server
+# resumed; "plain" is the same exchange over plain TCP (tls_return without TLS, an nginx server
+# block without ssl; nginx closes a plain connection without waiting for the client). The
+# server's on-CPU time (/proc/PID/task/*/schedstat, nanoseconds; nginx's worker) over HANDSHAKES
+# connections, divided by their count: microseconds per handshake. The server runs on CPU 1 and
+# the client on CPU 0 (with 2 CPUs or more), so the client's work does not evict the server's
+# caches. Alternating netloop/nginx, REPEATS (5) repeats, TLS 1.3 and 1.2; the medians and their
+# ratio at the end. nginx and libnginx-mod-stream are installed from Debian if missing (apt-get;
+# the package's service is kept from starting); without them this part says why and stops.
 #
 # A throw-away self-signed ECDSA P-256 certificate is made with the openssl CLI in a temporary
 # directory. Unpinned: on a 2-core machine the client shares the cores with the server (CPU
 # time is per process, so this costs figures little). Usage:
 #   bench/tls.sh [build-dir] [sizes...]   (prints one line per run)
-#   TLS_BENCH=handshakes HANDSHAKES=2000 bench/tls.sh build
+#   TLS_BENCH=handshakes HANDSHAKES=2000 REPEATS=5 bench/tls.sh build-bench
 set -euo pipefail
 build=${1:-build}
 shift || true
@@ -31,6 +35,7 @@ sizes=("${@:-1024 16384}")
 read -r -a sizes <<<"${sizes[*]}"
 parts=${TLS_BENCH:-all}
 handshakes=${HANDSHAKES:-2000}
+repeats=${REPEATS:-5}
 dir=$(mktemp -d)
 pid=
 plain_pid=
@@ -95,7 +100,7 @@ fi
 
 cat >"$dir/client.py" <<'PY'
 import socket, ssl, sys
-host, port, mode, count, version, send = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), sys.argv[5], sys.argv[6] == "send"
+host, port, mode, count, version = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), sys.argv[5]
 ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
 ctx.check_hostname = False
 ctx.verify_mode = ssl.CERT_NONE
@@ -109,15 +114,11 @@ for _ in range(count):
         raw = socket.create_connection((host, port), timeout=10)
         raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if mode == "plain":
-            if send:
-                raw.sendall(b"x")
             if raw.recv(1) != b"x":
                 errors += 1
             raw.close()
             continue
         t = ctx.wrap_socket(raw, session=session if mode == "resumed" else None)
-        if send:
-            t.sendall(b"x")
         if t.recv(1) != b"x":
             errors += 1
         if t.session_reused:
@@ -132,18 +133,24 @@ for _ in range(count):
 print(f"full={full} resumed={resumed} errors={errors}")
 PY
 
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-hz=$(getconf CLK_TCK)
+# On-CPU nanoseconds of every thread of process $1.
+cpu_ns() { cat /proc/"$1"/task/*/schedstat | awk '{ s += $1 } END { printf "%d", s }'; }
+server_cpu=()
+client_cpu=()
+if [ "$(nproc)" -ge 2 ]; then
+    server_cpu=(taskset -c 1)
+    client_cpu=(taskset -c 0)
+fi
 
 free_port() {
     python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
 start_netloop() {
-    "$build/samples/daemon" 127.0.0.1:0 --log-level off --tls-cert "$dir/cert.pem" \
+    "${server_cpu[@]}" "$build/bench/tls_return" 127.0.0.1:0 --tls-cert "$dir/cert.pem" \
         --tls-key "$dir/key.pem" >"$dir/out" 2>/dev/null &
     pid=$!
-    "$build/samples/daemon" 127.0.0.1:0 --log-level off >"$dir/out-plain" 2>/dev/null &
+    "${server_cpu[@]}" "$build/bench/tls_return" 127.0.0.1:0 >"$dir/out-plain" 2>/dev/null &
     plain_pid=$!
     for _ in $(seq 50); do
         grep -q listening "$dir/out" && grep -q listening "$dir/out-plain" && break
@@ -153,7 +160,6 @@ start_netloop() {
     plain_port=$(sed -n 's/.*:\([0-9]*\)$/\1/p' "$dir/out-plain")
     worker=$pid
     plain_worker=$plain_pid
-    send=send
 }
 
 start_nginx() {
@@ -174,6 +180,10 @@ stream {
         ssl_certificate_key $dir/key.pem;
         ssl_protocols TLSv1.2 TLSv1.3;
         ssl_session_tickets on;
+        # netloop's TLS 1.2 suites in its order (lib/tls.cpp), chosen by the server as netloop
+        # does: both servers negotiate the same suite.
+        ssl_ciphers ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305;
+        ssl_prefer_server_ciphers on;
         return "x";
     }
     server {
@@ -182,7 +192,7 @@ stream {
     }
 }
 NGINX
-    nginx -p "$dir" -e "$dir/nginx-error.log" -c "$dir/nginx.conf" &
+    "${server_cpu[@]}" nginx -p "$dir" -e "$dir/nginx-error.log" -c "$dir/nginx.conf" &
     pid=$!
     worker=
     for _ in $(seq 50); do
@@ -192,7 +202,6 @@ NGINX
     done
     plain_pid=
     plain_worker=$worker
-    send=nosend
 }
 
 stop_server() {
@@ -209,7 +218,7 @@ stop_server() {
 echo "handshakes: $handshakes per run, server CPU in microseconds per handshake ($(nginx -v 2>&1))"
 : >"$dir/runs"
 for version in 1.3 1.2; do
-    for rep in 1 2 3; do
+    for rep in $(seq "$repeats"); do
         for server in netloop nginx; do
             "start_$server"
             modes=(full resumed)
@@ -217,13 +226,14 @@ for version in 1.3 1.2; do
             for mode in "${modes[@]}"; do
                 p=$port w=$worker
                 if [ "$mode" = plain ]; then p=$plain_port w=$plain_worker; fi
-                python3 "$dir/client.py" 127.0.0.1 "$p" "$mode" 20 "$version" "$send" >/dev/null
-                before=$(cpu_ticks "$w")
-                counts=$(timeout 300 python3 "$dir/client.py" 127.0.0.1 "$p" "$mode" \
-                    "$handshakes" "$version" "$send")
-                after=$(cpu_ticks "$w")
-                us=$(awk -v t=$((after - before)) -v hz="$hz" -v n="$handshakes" \
-                    'BEGIN { printf "%.1f", t / hz * 1e6 / n }')
+                "${client_cpu[@]}" python3 "$dir/client.py" 127.0.0.1 "$p" "$mode" 20 "$version" \
+                    >/dev/null
+                before=$(cpu_ns "$w")
+                counts=$(timeout 300 "${client_cpu[@]}" python3 "$dir/client.py" 127.0.0.1 "$p" \
+                    "$mode" "$handshakes" "$version")
+                after=$(cpu_ns "$w")
+                us=$(awk -v t=$((after - before)) -v n="$handshakes" \
+                    'BEGIN { printf "%.1f", t / 1000 / n }')
                 echo "tls=$version rep=$rep server=$server mode=$mode cpu_us_per_handshake=$us $counts" |
                     tee -a "$dir/runs"
             done
