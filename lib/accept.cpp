@@ -126,20 +126,6 @@ std::shared_ptr<connection_impl> make_connection(loop& l, accepted a,
     return impl;
 }
 
-task<bool> handshake_or_count(std::shared_ptr<connection_impl> c,
-                              std::shared_ptr<tls_state> settings, duration timeout,
-                              server_counters& counters) {
-    try {
-        co_await tls_handshake(c, std::move(settings), {}, timeout);
-        co_return true;
-    } catch (const error& e) {
-        if (e.kind() == errc::cancelled) throw;
-        server_counters::add(counters.handshake_failures, 1);
-        log(spdlog::level::info, "{}", e.what());
-        co_return false;
-    }
-}
-
 // Under next(), a listener whose connections need preparing (a PROXY header, a TLS handshake)
 // has one accept pump: while some task waits in next() and fewer than max_preparing are in
 // preparation, it accepts, and starts each connection's preparation in a task of its own. The

@@ -109,7 +109,15 @@ task<bool> prepare_or_count(std::shared_ptr<connection_impl> c, const proxy_sett
         }
     }
     if (!tls) co_return true;
-    co_return co_await handshake_or_count(c, std::move(tls), handshake_timeout, counters);
+    try {
+        co_await tls_handshake(c, std::move(tls), {}, handshake_timeout);
+        co_return true;
+    } catch (const error& e) {
+        if (e.kind() == errc::cancelled) throw;
+        server_counters::add(counters.handshake_failures, 1);
+        log(spdlog::level::info, "{}", e.what());
+        co_return false;
+    }
 }
 
 }  // namespace netloop::detail

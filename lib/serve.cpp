@@ -170,7 +170,7 @@ void log_rejected(const address& remote, admission::verdict verdict) {
 // A connection's task: its preparation (PROXY header, TLS handshake; `slot` holds its place in
 // the listener's max_preparing until then), then — behind a PROXY header, once the client's
 // address is known — its per-IP admission, then the handler. `ip` is the address already
-// counted per IP (none when the header is still to tell it).
+// counted per IP (none when the header is still to tell it, or when no per-IP limit is set).
 task<> run_handler(std::shared_ptr<loop_share> s, connection conn,
                    std::optional<asio::ip::address> ip, preparing_slot slot) {
     auto& impl = connection_access::impl(conn);
@@ -183,7 +183,7 @@ task<> run_handler(std::shared_ptr<loop_share> s, connection conn,
                      co_await prepare_or_count(impl.shared_from_this(), common.proxy, tls,
                                                common.handshake_timeout, *s->counters);
         slot.release();
-        if (ready && !ip) {
+        if (ready && !ip && common.options.max_connections_per_ip != unlimited) {
             auto client = impl.remote.endpoint().address();
             if (s->common->limits.try_admit_ip(client, common.options) == admission::admitted) {
                 ip = client;
@@ -223,7 +223,11 @@ void deliver(const std::shared_ptr<loop_share>& s, accepted a, preparing_slot sl
         auto impl = make_connection(s->owner, std::move(a), s->counters);
         auto conn = connection_access::make(impl);
         auto& options = s->common->options;
-        if (s->common->proxy.mode == proxy_protocol::off) ip = impl->remote.endpoint().address();
+        // Counted per IP only under a limit: no map entry per connection otherwise.
+        if (s->common->proxy.mode == proxy_protocol::off &&
+            options.max_connections_per_ip != unlimited) {
+            ip = impl->remote.endpoint().address();
+        }
         auto verdict = s->common->limits.try_admit(ip, options);
         if (verdict != admission::admitted) {
             server_counters::add(s->counters->rejected, 1);

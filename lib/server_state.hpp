@@ -183,12 +183,6 @@ void log_dropped(const server_state& s, const std::exception& e) noexcept;
 std::shared_ptr<connection_impl> make_connection(loop& l, accepted a,
                                                  std::shared_ptr<server_counters> counters);
 
-// The TLS handshake of an accepted connection, bounded by `timeout`: true if it succeeded;
-// false, logged and counted in `counters.handshake_failures`, if it failed. Cancellation throws.
-task<bool> handshake_or_count(std::shared_ptr<connection_impl> c,
-                              std::shared_ptr<tls_state> settings, duration timeout,
-                              server_counters& counters);
-
 // What a listener does to an accepted connection before anyone sees it (proxy_accept.cpp): the
 // PROXY header (its source trusted, read byte-exactly, bounded by `proxy.timeout`), then the TLS
 // handshake. True if the connection is ready; false, logged and counted (`proxy_failures`,
