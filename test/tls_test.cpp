@@ -14,7 +14,8 @@
 #endif
 #endif
 #ifdef NETLOOP_TEST_SANITIZER_HEAP
-#include <sanitizer/allocator_interface.h>
+// The sanitizer runtime's count (sanitizer/allocator_interface.h, which only clang installs).
+extern "C" std::size_t __sanitizer_get_current_allocated_bytes();
 #endif
 
 #include <netloop/netloop.hpp>
