@@ -42,7 +42,6 @@ struct tls_state {
     std::vector<sni_entry> sni;
 };
 
-
 #else
 
 struct tls_state {};
