@@ -432,10 +432,10 @@ TEST_CASE(
     "pair and no stream buffers beside OpenSSL's own, which it gives back while idle",
     "[tls]") {
     // Both ends are in this process: each pair is a server connection waiting in a read and a
-    // client connection holding its socket, after a handshake and one echo. Measured: about
-    // 55 KiB a pair, 5 KiB of it the plain connections' own (OpenSSL 3.0's state for one TLS
-    // connection is some 25 KiB). Asio's ssl::stream, netloop's before, added a BIO pair and two
-    // 17 KiB buffers to each end: 68 KiB, whatever the connection was doing.
+    // client connection holding its socket, after a handshake and one echo. Measured: 54 KiB a
+    // pair, 5 KiB of it the plain connections' own (OpenSSL 3.0's state for one TLS connection
+    // is some 24 KiB); 192 KiB with Asio's ssl::stream, netloop's before, which added a BIO pair
+    // and two 17 KiB buffers to each end, whatever the connection was doing.
     constexpr std::size_t pairs = 32;
     auto per_pair = run_bounded([]() -> task<std::size_t> {
         auto s = netloop::server::listen(address::parse("127.0.0.1:0"),
