@@ -11,7 +11,9 @@
 # handshake). Both servers do the same exchange: accept, handshake, write one byte, close
 # (bench/tls_return is netloop's `return`; it sends close_notify and waits for the client's close
 # as nginx does). Both use the same TLS 1.2 cipher order, server preference, so they negotiate
-# the same suite. The client (Python's ssl, one connection at a time) connects, completes the
+# the same suite. A third server, bench/baselines/tls_return_epoll (the same exchange as a
+# hand-written epoll loop on OpenSSL, set up like netloop's context), is the floor: what the
+# handshake costs with no layer at all. The client (Python's ssl, one connection at a time) connects, completes the
 # handshake, reads the byte (so that TLS 1.3's session tickets have arrived), and closes. "full"
 # uses no session; "resumed" offers the last session it got and counts the handshakes the server
 # resumed; "plain" is the same exchange over plain TCP (tls_return without TLS, an nginx server
@@ -162,6 +164,17 @@ start_netloop() {
     plain_worker=$plain_pid
 }
 
+# The floor: the same exchange as a hand-written epoll loop on OpenSSL (no plain mode).
+start_epoll() {
+    "${server_cpu[@]}" "$build/bench/tls_return_epoll" 127.0.0.1:0 --tls-cert "$dir/cert.pem" \
+        --tls-key "$dir/key.pem" >"$dir/out" 2>/dev/null &
+    pid=$!
+    for _ in $(seq 50); do grep -q listening "$dir/out" && break; sleep 0.1; done
+    port=$(sed -n 's/.*:\([0-9]*\)$/\1/p' "$dir/out")
+    worker=$pid
+    plain_pid=
+}
+
 start_nginx() {
     port=$(free_port)
     plain_port=$(free_port)
@@ -219,10 +232,10 @@ echo "handshakes: $handshakes per run, server CPU in microseconds per handshake 
 : >"$dir/runs"
 for version in 1.3 1.2; do
     for rep in $(seq "$repeats"); do
-        for server in netloop nginx; do
+        for server in netloop epoll nginx; do
             "start_$server"
             modes=(full resumed)
-            if [ "$version" = 1.3 ]; then modes+=(plain); fi
+            if [ "$version" = 1.3 ] && [ "$server" != epoll ]; then modes+=(plain); fi
             for mode in "${modes[@]}"; do
                 p=$port w=$worker
                 if [ "$mode" = plain ]; then p=$plain_port w=$plain_worker; fi
@@ -256,7 +269,9 @@ function median(key, server,   m, i, j, t, a) {
 END {
     for (key in keys) {
         split(key, k, " ")
-        a = median(key, "netloop"); b = median(key, "nginx")
-        printf "median tls=%s mode=%s netloop_us=%.1f nginx_us=%.1f ratio=%.2f\n", k[1], k[2], a, b, a / b
+        a = median(key, "netloop"); b = median(key, "nginx"); e = median(key, "epoll")
+        printf "median tls=%s mode=%s netloop_us=%.1f nginx_us=%.1f ratio=%.2f", k[1], k[2], a, b, a / b
+        if (e > 0) printf " epoll_us=%.1f netloop_over_epoll=%.2f", e, a / e
+        printf "\n"
     }
 }' "$dir/runs" | sort -r
