@@ -10,6 +10,7 @@ bounded; the servers are stopped by PID.
 Usage: tls_smoke.py TLS_RETURN TLS_RETURN_EPOLL
 """
 import os
+import select
 import socket
 import ssl
 import subprocess
@@ -19,16 +20,20 @@ import time
 
 
 def start(argv):
+    """Starts a server; its PID and port once it says "listening on HOST:PORT" (10 s at most)."""
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     deadline = time.monotonic() + 10
     line = ""
-    while time.monotonic() < deadline:
+    while (left := deadline - time.monotonic()) > 0:
+        if not select.select([proc.stdout], [], [], left)[0]:
+            break
         line = proc.stdout.readline()
         if line.startswith("listening on "):
             return proc, int(line.rsplit(":", 1)[1])
-        if proc.poll() is not None:
+        if line == "":  # EOF: it exited
             break
     proc.kill()
+    proc.wait(timeout=10)
     raise SystemExit(f"{argv[0]} did not announce its port: {line!r}")
 
 
@@ -67,9 +72,11 @@ def main():
                         "/CN=smoke", "-keyout", key, "-out", cert], check=True,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=30)
         tls = ["127.0.0.1:0", "--tls-cert", cert, "--tls-key", key]
-        servers = [start([tls_return] + tls), start([tls_return_epoll] + tls),
-                   start([tls_return, "127.0.0.1:0"])]
+        servers = []
         try:
+            for argv in ([tls_return] + tls, [tls_return_epoll] + tls,
+                         [tls_return, "127.0.0.1:0"]):
+                servers.append(start(argv))
             for proc, port in servers[:2]:
                 for version in ("1.3", "1.2"):
                     exchange(port, version, False, 3)
