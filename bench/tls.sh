@@ -136,7 +136,13 @@ print(f"full={full} resumed={resumed} errors={errors}")
 PY
 
 # On-CPU nanoseconds of every thread of process $1.
-cpu_ns() { cat /proc/"$1"/task/*/schedstat | awk '{ s += $1 } END { printf "%d", s }'; }
+cpu_ns() {
+    if [ ! -d "/proc/$1" ]; then
+        echo "handshakes: server process $1 is gone" >&2
+        exit 1
+    fi
+    cat /proc/"$1"/task/*/schedstat | awk '{ s += $1 } END { printf "%d", s }'
+}
 server_cpu=()
 client_cpu=()
 if [ "$(nproc)" -ge 2 ]; then

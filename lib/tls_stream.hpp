@@ -8,7 +8,6 @@
 
 #include <cstddef>
 
-#include <asio/associated_executor.hpp>
 #include <asio/buffer.hpp>
 #include <asio/cancellation_type.hpp>
 #include <asio/compose.hpp>
@@ -128,9 +127,13 @@ private:
                 self.reset_cancellation_state(asio::enable_total_cancellation());
             } else if (state == posted) {
                 return finish(self);
-            } else if (ec) {
-                // The wait ended: cancelled, or the socket closed. The stream may be gone.
-                result = ec;
+            } else if (ec ||
+                       self.get_cancellation_state().cancelled() != asio::cancellation_type::none) {
+                // The wait ended: cancelled, or the socket closed (the stream may be gone). A
+                // cancellation that came after the wait had completed, while its handler was
+                // queued, reached no wait: it ends the operation here, or a deadline would be lost
+                // to a peer that keeps sending.
+                result = ec ? ec : asio::error_code(asio::error::operation_aborted);
                 bytes = 0;
                 return finish(self);
             }
